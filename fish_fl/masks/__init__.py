@@ -1,0 +1,33 @@
+"""Masks: the :class:`Mask` object and the registry of mask builders.
+
+Builders register themselves on import; each lives in its own module.
+"""
+
+from . import bitfit, dense, fish, layers, magnitude, random  # noqa: F401  (registration)
+from .mask import Mask, ParameterStats, block_of, compile_patterns
+from .registry import (
+    MaskBuilder,
+    available_builders,
+    build_mask,
+    head_names,
+    parameter_shapes,
+    register_mask_builder,
+    topk_mask,
+)
+from .spec import DEFAULT_HEAD_PATTERNS, MaskSpec
+
+__all__ = [
+    "DEFAULT_HEAD_PATTERNS",
+    "Mask",
+    "MaskBuilder",
+    "MaskSpec",
+    "ParameterStats",
+    "available_builders",
+    "block_of",
+    "build_mask",
+    "compile_patterns",
+    "head_names",
+    "parameter_shapes",
+    "register_mask_builder",
+    "topk_mask",
+]

@@ -1,0 +1,143 @@
+"""One registry of mask builders, keyed by name.
+
+A builder is a function ``(model, spec, data) -> Mask``. Adding a method means
+adding one module that calls :func:`register_mask_builder`; no other builder
+changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .mask import Mask, compile_patterns
+from .spec import MaskSpec
+
+__all__ = [
+    "MaskBuilder",
+    "available_builders",
+    "build_mask",
+    "head_names",
+    "parameter_shapes",
+    "register_mask_builder",
+    "topk_mask",
+]
+
+logger = logging.getLogger(__name__)
+
+MaskBuilder = Callable[[nn.Module, MaskSpec, Iterable[Any] | None], Mask]
+_BUILDERS: dict[str, MaskBuilder] = {}
+
+
+def register_mask_builder(name: str) -> Callable[[MaskBuilder], MaskBuilder]:
+    """Decorator adding a builder to the registry under ``name``."""
+
+    def decorate(fn: MaskBuilder) -> MaskBuilder:
+        if name in _BUILDERS:
+            raise ValueError(f"mask builder {name!r} is already registered")
+        _BUILDERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def available_builders() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None = None) -> Mask:
+    """Build the mask ``spec.method`` describes for ``model``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, or anything the builder rejects.
+    """
+    try:
+        builder = _BUILDERS[spec.method]
+    except KeyError:
+        raise ValueError(
+            f"unknown mask method {spec.method!r}; available: {', '.join(available_builders())}"
+        ) from None
+    mask = builder(model, spec, data)
+    mask.check(model)
+    logger.info("built %s mask: %s", spec.method, mask)
+    return mask
+
+
+def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every parameter of the model, in the model's order (the mask order)."""
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def head_names(shapes: dict[str, tuple[int, ...]], patterns: tuple[str, ...]) -> list[str]:
+    """Parameters of the task head: names matching any of ``patterns``."""
+    regex = compile_patterns(patterns)
+    return [n for n in shapes if regex is not None and regex.search(n)]
+
+
+def budget(total: int, density: float) -> int:
+    """``k = round(density x total)``, at least 1."""
+    return max(1, int(round(density * total)))
+
+
+def topk_mask(
+    scores: dict[str, Tensor],
+    shapes: dict[str, tuple[int, ...]],
+    density: float,
+    head_patterns: tuple[str, ...],
+) -> Mask:
+    """Keep the head whole, then the largest scores globally until ``k`` entries.
+
+    Ties at the threshold are broken deterministically: the entry earlier in
+    mask order (parameter order, then flat index) wins.
+
+    Raises
+    ------
+    ValueError
+        On non-finite scores, a missing score, or a head larger than ``k``.
+    """
+    total = sum(int(torch.Size(s).numel()) for s in shapes.values())
+    k = budget(total, density)
+    heads = set(head_names(shapes, head_patterns))
+    if not heads:
+        logger.warning("no parameter matches the head patterns %s", head_patterns)
+    head_size = sum(int(torch.Size(shapes[n]).numel()) for n in heads)
+    if head_size > k:
+        raise ValueError(
+            f"the task head ({head_size} entries: {', '.join(sorted(heads))}) is larger than "
+            f"the budget k={k} (density {density} of {total}); raise the density"
+        )
+    body = [n for n in shapes if n not in heads]
+    for name in body:
+        if name not in scores:
+            raise ValueError(f"no score for parameter {name!r}")
+        if tuple(scores[name].shape) != shapes[name]:
+            raise ValueError(
+                f"score of {name!r} has shape {tuple(scores[name].shape)}, expected {shapes[name]}"
+            )
+        if not torch.isfinite(scores[name]).all():
+            raise ValueError(f"scores of parameter {name!r} are not finite")
+    indices: dict[str, Tensor] = {
+        n: torch.arange(int(torch.Size(shapes[n]).numel())) for n in heads
+    }
+    m = k - head_size
+    if m > 0 and body:
+        flat = torch.cat([scores[n].detach().reshape(-1).float().cpu() for n in body])
+        m = min(m, flat.numel())
+        threshold = torch.kthvalue(flat, flat.numel() - m + 1).values
+        above = flat > threshold
+        need = m - int(above.sum())
+        ties = torch.nonzero(flat == threshold).view(-1)[:need]
+        keep = above
+        keep[ties] = True
+        offset = 0
+        for name in body:
+            n = int(torch.Size(shapes[name]).numel())
+            indices[name] = torch.nonzero(keep[offset : offset + n]).view(-1)
+            offset += n
+    return Mask(indices, shapes)
