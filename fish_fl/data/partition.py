@@ -1,0 +1,488 @@
+"""Client partitions, the server's calibration split, and label statistics.
+
+The training split of a data set is divided three ways:
+
+* a **calibration** sample (``calibration_size`` examples drawn uniformly),
+  kept by the server to estimate the Fisher information for the FISH mask;
+* **client partitions** of the rest, IID or skewed by a Dirichlet
+  distribution over labels, made with the ``flwr-datasets`` partitioners
+  (:class:`~flwr_datasets.partitioner.IidPartitioner`,
+  :class:`~flwr_datasets.partitioner.DirichletPartitioner`), which work
+  offline on an in-memory :class:`datasets.Dataset` built from the labels;
+* the held-out evaluation split is a separate split of the data set (the
+  GLUE dev set, the CIFAR-10 test set), which no client ever trains on.
+
+Everything is reproducible from one integer seed (or a
+``numpy.random.Generator`` from which the seed is drawn). ``flwr_datasets``
+is imported inside the functions that need it, so importing :mod:`fish_fl`
+stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PARTITION_SCHEMES",
+    "ClientPartitions",
+    "class_ids",
+    "label_histograms",
+    "make_client_partitions",
+    "mean_tv_distance",
+    "partition_indices",
+    "partition_summary",
+    "split_calibration",
+]
+
+#: Supported partition schemes.
+PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet")
+
+Seed = int | np.random.Generator
+
+
+def _seed_int(seed: Seed) -> int:
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**32))
+    if isinstance(seed, (bool, float)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int or numpy Generator, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return int(seed)
+
+
+def class_ids(labels: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, int]:
+    """Turn labels into integer class ids for partitioning and histograms.
+
+    Parameters
+    ----------
+    labels : array-like
+        Non-negative integer class ids, float scores (rounded to the nearest
+        integer, so STS-B's 0-5 scores become six bins), or any other
+        hashable values (numbered in sorted order).
+
+    Returns
+    -------
+    ids : numpy.ndarray
+        int64 class ids, one per example.
+    num_classes : int
+        One more than the largest id.
+
+    Raises
+    ------
+    ValueError
+        If ``labels`` is not one-dimensional or has negative integer ids.
+    """
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {array.shape}")
+    if array.size == 0:
+        return array.astype(np.int64), 0
+    if np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.bool_):
+        ids = array.astype(np.int64)
+        if ids.min() < 0:
+            raise ValueError(f"class ids must be >= 0, got {ids.min()}")
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError("float labels must be finite")
+        ids = np.rint(array).astype(np.int64)
+        ids -= min(0, int(ids.min()))
+    else:
+        _, ids = np.unique(array, return_inverse=True)
+        ids = ids.astype(np.int64)
+    return ids, int(ids.max()) + 1
+
+
+def _index_column(dataset: Any) -> np.ndarray:
+    """The ``index`` column of a (selected) ``datasets.Dataset``, read through Arrow."""
+    column = dataset.with_format("arrow")["index"]
+    return np.asarray(column.to_numpy(), dtype=np.int64)
+
+
+def _check_common(n: int, num_partitions: int, min_partition_size: int) -> None:
+    if num_partitions < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
+    if min_partition_size < 0:
+        raise ValueError(f"min_partition_size must be >= 0, got {min_partition_size}")
+    if num_partitions > n:
+        raise ValueError(
+            f"cannot split {n} examples among {num_partitions} clients: expected at most one "
+            "client per example"
+        )
+
+
+def partition_indices(
+    labels: Sequence[Any] | np.ndarray,
+    num_partitions: int,
+    scheme: Literal["iid", "dirichlet"] | str = "iid",
+    alpha: float = 0.5,
+    seed: Seed = 0,
+    min_partition_size: int = 1,
+) -> list[np.ndarray]:
+    """Split example indices ``0 .. len(labels) - 1`` among clients.
+
+    Parameters
+    ----------
+    labels : array-like
+        One label per example (see :func:`class_ids`); only the Dirichlet
+        scheme looks at the values.
+    num_partitions : int
+        Number of clients.
+    scheme : {"iid", "dirichlet"}, default "iid"
+        ``"iid"``: a seeded shuffle cut into equal shards (sizes differ by at
+        most one) with flwr-datasets' ``IidPartitioner``. ``"dirichlet"``:
+        for each class, the share of each client is drawn from
+        Dirichlet(``alpha``), with flwr-datasets' ``DirichletPartitioner``
+        (re-drawn, up to 10 times, until every client has
+        ``min_partition_size`` examples).
+    alpha : float, default 0.5
+        Dirichlet concentration; smaller is more skewed. Ignored for IID.
+    seed : int or numpy.random.Generator, default 0
+        Seed of the shuffle / Dirichlet draws.
+    min_partition_size : int, default 1
+        Fewest examples a client may get.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One sorted int64 index array per client; disjoint, and together
+        covering every index.
+
+    Raises
+    ------
+    ValueError
+        For an unknown scheme, ``alpha <= 0``, more clients than examples, or
+        partitions that cannot meet ``min_partition_size``.
+    """
+    ids, _ = class_ids(labels)
+    n = int(ids.shape[0])
+    _check_common(n, num_partitions, min_partition_size)
+    key = str(scheme).strip().lower()
+    if key not in PARTITION_SCHEMES:
+        raise ValueError(
+            f"unknown partition scheme {scheme!r}: expected one of {list(PARTITION_SCHEMES)}"
+        )
+    seed_int = _seed_int(seed)
+
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    partitioner: Any
+    if key == "iid":
+        if n // num_partitions < min_partition_size:
+            raise ValueError(
+                f"IID shards of {n} examples among {num_partitions} clients have "
+                f"{n // num_partitions}, fewer than min_partition_size={min_partition_size}"
+            )
+        order = np.random.default_rng(seed_int).permutation(n)
+        partitioner = IidPartitioner(num_partitions=num_partitions)
+        partitioner.dataset = Dataset.from_dict({"index": order}).with_format("arrow")
+    else:
+        if not np.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"Dirichlet alpha must be > 0, got {alpha}")
+        partitioner = DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=float(alpha),
+            min_partition_size=min_partition_size,
+            self_balancing=False,
+            shuffle=False,
+            seed=seed_int,
+        )
+        partitioner.dataset = Dataset.from_dict({"label": ids, "index": np.arange(n)}).with_format(
+            "arrow"
+        )
+    try:
+        with warnings.catch_warnings():
+            # flwr-datasets warns on every re-draw; the outcome is reported below.
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [
+                np.sort(_index_column(partitioner.load_partition(i))) for i in range(num_partitions)
+            ]
+    except ValueError as err:
+        if key != "dirichlet":
+            raise
+        raise ValueError(
+            f"Dirichlet partition of {n} examples among {num_partitions} clients with alpha="
+            f"{alpha} could not give every client min_partition_size={min_partition_size} "
+            "examples: raise alpha or lower min_partition_size"
+        ) from err
+    logger.debug(
+        "partitioned %d examples into %d (%s): sizes %s",
+        n,
+        num_partitions,
+        key,
+        [len(p) for p in parts],
+    )
+    return parts
+
+
+def split_calibration(
+    num_examples: int, calibration_size: int, seed: Seed = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the server's calibration sample uniformly from a training split.
+
+    Parameters
+    ----------
+    num_examples : int
+        Size of the training split.
+    calibration_size : int
+        Examples for the server (e.g. 256 to 1024 for the Fisher estimate).
+    seed : int or numpy.random.Generator, default 0
+        Seed of the draw.
+
+    Returns
+    -------
+    calibration : numpy.ndarray
+        Sorted int64 indices of the calibration sample.
+    rest : numpy.ndarray
+        Sorted int64 indices of the other examples.
+
+    Raises
+    ------
+    ValueError
+        If ``calibration_size`` is negative or exceeds ``num_examples``.
+    """
+    if not 0 <= calibration_size <= num_examples:
+        raise ValueError(
+            f"calibration_size must lie in [0, {num_examples}] (the training split), got "
+            f"{calibration_size}"
+        )
+    rng = np.random.default_rng(_seed_int(seed))
+    chosen = np.sort(rng.choice(num_examples, size=calibration_size, replace=False)).astype(
+        np.int64
+    )
+    keep = np.ones(num_examples, dtype=bool)
+    keep[chosen] = False
+    return chosen, np.flatnonzero(keep).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class ClientPartitions:
+    """How a training split is divided between the server and the clients.
+
+    Attributes
+    ----------
+    clients : list of numpy.ndarray
+        Per client, sorted indices into the training split.
+    calibration : numpy.ndarray
+        Sorted indices of the server's calibration sample.
+    num_examples : int
+        Size of the training split.
+    calibration_excluded : bool
+        Whether the calibration sample was removed from the client partitions.
+    """
+
+    clients: list[np.ndarray]
+    calibration: np.ndarray
+    num_examples: int
+    calibration_excluded: bool = True
+
+    @property
+    def num_clients(self) -> int:
+        """Number of client partitions."""
+        return len(self.clients)
+
+    def sizes(self) -> list[int]:
+        """Examples per client."""
+        return [int(p.shape[0]) for p in self.clients]
+
+    def histograms(self, labels: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """Label counts per client, ``(num_clients, num_classes)``; see :func:`label_histograms`."""
+        return label_histograms(labels, self.clients)
+
+    def summary(self, labels: Sequence[Any] | np.ndarray) -> dict[str, Any]:
+        """Sizes, label histograms and skew, as plain values for a log line.
+
+        Parameters
+        ----------
+        labels : array-like
+            Labels of the whole training split.
+
+        Returns
+        -------
+        dict
+            ``num_examples``, ``calibration_size``, ``sizes``, ``histograms``
+            (lists of counts), ``mean_tv_distance``.
+        """
+        return {
+            "num_examples": self.num_examples,
+            "calibration_size": int(self.calibration.shape[0]),
+            "calibration_excluded": self.calibration_excluded,
+            **partition_summary(labels, self.clients),
+        }
+
+
+def make_client_partitions(
+    labels: Sequence[Any] | np.ndarray,
+    num_clients: int,
+    *,
+    scheme: Literal["iid", "dirichlet"] | str = "iid",
+    alpha: float = 0.5,
+    seed: Seed = 0,
+    calibration_size: int = 0,
+    exclude_calibration: bool = True,
+    min_partition_size: int = 1,
+) -> ClientPartitions:
+    """Draw the calibration sample, then partition the training split among clients.
+
+    Parameters
+    ----------
+    labels : array-like
+        Labels of the whole training split.
+    num_clients : int
+        Number of client partitions.
+    scheme : {"iid", "dirichlet"}, default "iid"
+        See :func:`partition_indices`.
+    alpha : float, default 0.5
+        Dirichlet concentration.
+    seed : int or numpy.random.Generator, default 0
+        One seed for both steps (independent streams are derived from it).
+    calibration_size : int, default 0
+        Examples kept by the server for the Fisher estimate.
+    exclude_calibration : bool, default True
+        Keep the calibration sample out of every client partition.
+    min_partition_size : int, default 1
+        Fewest examples a client may get.
+
+    Returns
+    -------
+    ClientPartitions
+        Client indices and the calibration indices, into the training split.
+
+    Raises
+    ------
+    ValueError
+        For the bad values listed in :func:`partition_indices` and
+        :func:`split_calibration`.
+    """
+    ids, _ = class_ids(labels)
+    n = int(ids.shape[0])
+    calib_seq, part_seq = np.random.SeedSequence(_seed_int(seed)).spawn(2)
+    calibration, rest = split_calibration(n, calibration_size, int(calib_seq.generate_state(1)[0]))
+    pool = rest if exclude_calibration else np.arange(n, dtype=np.int64)
+    if num_clients > pool.shape[0]:
+        raise ValueError(
+            f"cannot split {pool.shape[0]} examples (after {calibration_size} for calibration) "
+            f"among {num_clients} clients: expected at most one client per example"
+        )
+    local = partition_indices(
+        ids[pool],
+        num_clients,
+        scheme=scheme,
+        alpha=alpha,
+        seed=int(part_seq.generate_state(1)[0]),
+        min_partition_size=min_partition_size,
+    )
+    clients = [pool[p] for p in local]
+    result = ClientPartitions(
+        clients=clients,
+        calibration=calibration,
+        num_examples=n,
+        calibration_excluded=exclude_calibration,
+    )
+    logger.info(
+        "%d clients (%s%s), calibration %d of %d: sizes %s",
+        num_clients,
+        scheme,
+        f", alpha={alpha}" if str(scheme).lower() == "dirichlet" else "",
+        calibration_size,
+        n,
+        result.sizes(),
+    )
+    return result
+
+
+def label_histograms(
+    labels: Sequence[Any] | np.ndarray,
+    partitions: Sequence[np.ndarray],
+    num_classes: int | None = None,
+) -> np.ndarray:
+    """Count the labels of each partition.
+
+    Parameters
+    ----------
+    labels : array-like
+        Labels of the whole split (see :func:`class_ids`).
+    partitions : sequence of numpy.ndarray
+        Index arrays into ``labels``.
+    num_classes : int, optional
+        Columns of the result (default: one more than the largest class id).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 counts, ``(len(partitions), num_classes)``.
+    """
+    ids, found = class_ids(labels)
+    width = found if num_classes is None else num_classes
+    if width < found:
+        raise ValueError(f"num_classes={num_classes} is smaller than the {found} classes found")
+    hist = np.zeros((len(partitions), width), dtype=np.int64)
+    for row, part in enumerate(partitions):
+        hist[row] = np.bincount(ids[np.asarray(part, dtype=np.int64)], minlength=width)
+    return hist
+
+
+def mean_tv_distance(labels: Sequence[Any] | np.ndarray, partitions: Sequence[np.ndarray]) -> float:
+    """Mean total-variation distance of client label distributions from the global one.
+
+    ``0.5 * sum_c |p_client(c) - p_global(c)|`` averaged over non-empty
+    partitions: 0 for identical label mixes, near 1 when every client holds
+    one class of many. The global distribution is that of the union of the
+    partitions.
+
+    Parameters
+    ----------
+    labels : array-like
+        Labels of the whole split.
+    partitions : sequence of numpy.ndarray
+        Index arrays into ``labels``.
+
+    Returns
+    -------
+    float
+        The mean distance, in [0, 1].
+    """
+    hist = label_histograms(labels, partitions).astype(np.float64)
+    totals = hist.sum(axis=1)
+    hist = hist[totals > 0]
+    totals = totals[totals > 0]
+    if hist.shape[0] == 0:
+        return 0.0
+    global_dist = hist.sum(axis=0) / hist.sum()
+    client_dist = hist / totals[:, None]
+    return float(np.mean(0.5 * np.abs(client_dist - global_dist).sum(axis=1)))
+
+
+def partition_summary(
+    labels: Sequence[Any] | np.ndarray, partitions: Sequence[np.ndarray]
+) -> dict[str, Any]:
+    """Sizes, label histograms and skew of partitions, as plain values for logging.
+
+    Parameters
+    ----------
+    labels : array-like
+        Labels of the whole split.
+    partitions : sequence of numpy.ndarray
+        Index arrays into ``labels``.
+
+    Returns
+    -------
+    dict
+        ``sizes`` (list of int), ``histograms`` (list of lists of int) and
+        ``mean_tv_distance`` (float).
+    """
+    hist = label_histograms(labels, partitions)
+    return {
+        "sizes": [int(len(p)) for p in partitions],
+        "histograms": hist.tolist(),
+        "mean_tv_distance": mean_tv_distance(labels, partitions),
+    }

@@ -1,0 +1,558 @@
+"""CIFAR-10: loading from torchvision, a local ``.npz`` or an image folder.
+
+Three sources give the same in-memory form, an :class:`ImageSplits` of uint8
+NHWC arrays:
+
+* ``"torchvision"`` -- torchvision's CIFAR-10, downloaded when online (or
+  already present in ``root``);
+* a ``.npz`` file with arrays ``x_train`` (N, 32, 32, 3) uint8, ``y_train``,
+  ``x_test``, ``y_test`` and optionally ``classes`` (the format of
+  ``../shared/data/cifar10/cifar10_subset.npz``);
+* a folder ``<root>/<split>/<class>/*.png|jpg|jpeg`` with splits ``train``
+  and ``test``; classes are the sorted folder names of ``train``.
+
+Batches are built by :class:`ImageCollator`: uint8 images are scaled to
+[0, 1], augmented on the whole batch at once (random crop with zero padding
+4 and horizontal flip, as in the FISH Mask paper's CIFAR-10 training, drawn
+from a ``torch.Generator`` passed in), then normalised with the CIFAR-10
+channel mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from fish_fl.data.batch import Batch
+from fish_fl.data.hub import DataUnavailableError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "IMAGE_SUFFIXES",
+    "ImageCollator",
+    "ImageSplit",
+    "ImageSplits",
+    "ImageTensorDataset",
+    "augment_images",
+    "default_cifar_root",
+    "load_cifar10",
+    "load_cifar10_npz",
+    "load_cifar10_torchvision",
+    "load_image_folder",
+    "make_image_loader",
+    "normalize_images",
+]
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+#: Per-channel mean and standard deviation of the CIFAR-10 training images.
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+#: File suffixes read from an image folder (case-insensitive).
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg"})
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """Images and labels of one split, in memory.
+
+    Attributes
+    ----------
+    images : numpy.ndarray
+        ``(N, H, W, 3)`` uint8.
+    labels : numpy.ndarray
+        ``(N,)`` int64 class ids in ``[0, len(classes))``.
+    classes : tuple of str
+        Class names in id order.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be a uint8 (N, H, W, 3) array, got {self.images.dtype} "
+                f"{self.images.shape}"
+            )
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"labels must have shape ({self.images.shape[0]},), got {self.labels.shape}"
+            )
+        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise ValueError(
+                f"labels must lie in [0, {len(self.classes)}), got "
+                f"[{self.labels.min()}, {self.labels.max()}]"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class ImageSplits:
+    """The training split and the held-out test split of an image data set."""
+
+    train: ImageSplit
+    test: ImageSplit
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in id order."""
+        return self.train.classes
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_cifar_root() -> Path:
+    """Default download folder of the torchvision route: ``~/.cache/fish-fl/cifar10``."""
+    return Path.home() / ".cache" / "fish-fl" / "cifar10"
+
+
+def _split(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> ImageSplit:
+    return ImageSplit(
+        images=np.ascontiguousarray(images, dtype=np.uint8),
+        labels=np.asarray(labels, dtype=np.int64).reshape(-1),
+        classes=classes,
+    )
+
+
+def load_cifar10_npz(path: str | Path) -> ImageSplits:
+    """Load CIFAR-10 from a ``.npz`` file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        File with ``x_train``, ``y_train``, ``x_test``, ``y_test`` and
+        optionally ``classes``.
+
+    Returns
+    -------
+    ImageSplits
+        Train and test splits.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If arrays are missing or have the wrong type or shape.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CIFAR-10 file {str(path)!r} does not exist")
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in _NPZ_KEYS if k not in data.files]
+        if missing:
+            raise ValueError(
+                f"{str(path)!r} lacks arrays {missing}: expected {list(_NPZ_KEYS)} (+ optional classes)"
+            )
+        classes = (
+            tuple(str(c) for c in data["classes"]) if "classes" in data.files else CIFAR10_CLASSES
+        )
+        try:
+            train = _split(data["x_train"], data["y_train"], classes)
+            test = _split(data["x_test"], data["y_test"], classes)
+        except ValueError as err:
+            raise ValueError(f"{str(path)!r}: {err}") from err
+    logger.info("loaded CIFAR-10 from %s: %d train, %d test", path, len(train), len(test))
+    return ImageSplits(train=train, test=test)
+
+
+def load_cifar10_torchvision(root: str | Path | None = None, download: bool = True) -> ImageSplits:
+    """Load CIFAR-10 through torchvision, downloading it if needed.
+
+    Parameters
+    ----------
+    root : str or pathlib.Path, optional
+        Download folder (default :func:`default_cifar_root`).
+    download : bool, default True
+        Download when the files are not in ``root`` yet.
+
+    Returns
+    -------
+    ImageSplits
+        The official 50,000 / 10,000 split.
+
+    Raises
+    ------
+    DataUnavailableError
+        If the files are absent and cannot be downloaded.
+    """
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root) if root is not None else default_cifar_root()
+    try:
+        train_set = CIFAR10(str(root), train=True, download=download)
+        test_set = CIFAR10(str(root), train=False, download=download)
+    except (OSError, RuntimeError) as err:
+        raise DataUnavailableError(
+            f"CIFAR-10 is not in {str(root)!r} and could not be downloaded ({err}): "
+            "be online, or pass a local .npz file or image folder"
+        ) from err
+    classes = tuple(train_set.classes)
+    return ImageSplits(
+        train=_split(train_set.data, np.asarray(train_set.targets), classes),
+        test=_split(test_set.data, np.asarray(test_set.targets), classes),
+    )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_split_folder(folder: Path, classes: Sequence[str]) -> ImageSplit:
+    from PIL import Image
+
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    shape: tuple[int, ...] | None = None
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        for file in _image_files(class_dir):
+            with Image.open(file) as img:
+                array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            if shape is None:
+                shape = array.shape
+            elif array.shape != shape:
+                raise ValueError(
+                    f"image {str(file)!r} is {array.shape[1]}x{array.shape[0]}: expected every "
+                    f"image of the folder to be {shape[1]}x{shape[0]}"
+                )
+            images.append(array)
+            labels.append(label)
+    if not images:
+        raise ValueError(
+            f"image folder {str(folder)!r} holds no images: expected <class>/*.png|jpg|jpeg"
+        )
+    return _split(np.stack(images), np.asarray(labels), tuple(classes))
+
+
+def load_image_folder(path: str | Path, splits: tuple[str, str] = ("train", "test")) -> ImageSplits:
+    """Load an image classification folder ``<path>/<split>/<class>/<image>``.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Root folder.
+    splits : tuple of (str, str), default ("train", "test")
+        Names of the training and the held-out split folders.
+
+    Returns
+    -------
+    ImageSplits
+        Both splits; class ids follow the sorted class folders of the
+        training split, and the test split must use the same class names.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If a split folder is missing, has no class folders or images, has a
+        class unknown to the training split, or images differ in size.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+    folders = [root / s for s in splits]
+    for folder in folders:
+        if not folder.is_dir():
+            raise ValueError(
+                f"image folder {str(root)!r} lacks the split folder {folder.name!r}: expected "
+                f"{'/, '.join(splits)}/ each with one folder per class"
+            )
+    classes = sorted(p.name for p in folders[0].iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(
+            f"{str(folders[0])!r} has no class folders: expected <class>/*.png|jpg|jpeg"
+        )
+    extra = sorted({p.name for p in folders[1].iterdir() if p.is_dir()} - set(classes))
+    if extra:
+        raise ValueError(f"{str(folders[1])!r} has classes {extra} that {str(folders[0])!r} lacks")
+    train = _read_split_folder(folders[0], classes)
+    test = _read_split_folder(folders[1], classes)
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise ValueError(
+            f"images of {str(folders[0])!r} and {str(folders[1])!r} differ in size: "
+            f"{train.images.shape[1:]} and {test.images.shape[1:]}"
+        )
+    logger.info("loaded image folder %s: %d train, %d test", root, len(train), len(test))
+    return ImageSplits(train=train, test=test)
+
+
+def load_cifar10(
+    source: str | Path = "torchvision", *, root: str | Path | None = None
+) -> ImageSplits:
+    """Load CIFAR-10 from any of the supported sources.
+
+    Parameters
+    ----------
+    source : str or pathlib.Path, default "torchvision"
+        ``"torchvision"`` (download when online), a ``.npz`` file, an image
+        folder, or a folder that already holds torchvision's
+        ``cifar-10-batches-py``.
+    root : str or pathlib.Path, optional
+        Download folder of the torchvision route.
+
+    Returns
+    -------
+    ImageSplits
+        Train and held-out test splits.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``source`` is a path that does not exist.
+    ValueError
+        If it exists but is in none of the expected layouts.
+    DataUnavailableError
+        If torchvision has to download and cannot.
+    """
+    if isinstance(source, str) and source.strip().lower() == "torchvision":
+        return load_cifar10_torchvision(root)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"CIFAR-10 source {str(path)!r} does not exist: expected 'torchvision', a .npz "
+            "file or an image folder"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise ValueError(f"CIFAR-10 file {str(path)!r} is not a .npz file")
+        return load_cifar10_npz(path)
+    if (path / "cifar-10-batches-py").is_dir():
+        return load_cifar10_torchvision(path, download=False)
+    if (path / "train").is_dir():
+        return load_image_folder(path)
+    raise ValueError(
+        f"{str(path)!r} is not in a known CIFAR-10 layout: expected a .npz file, a folder "
+        "with train/<class>/ and test/<class>/ images, or torchvision's cifar-10-batches-py"
+    )
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class ImageTensorDataset(Dataset[tuple[Tensor, int]]):
+    """Map-style dataset over an :class:`ImageSplit`, optionally a subset.
+
+    Items are ``(image, label)`` with ``image`` a uint8 ``(3, H, W)`` tensor;
+    scaling, augmentation and normalisation happen per batch in
+    :class:`ImageCollator`.
+
+    Parameters
+    ----------
+    split : ImageSplit
+        The images.
+    indices : numpy.ndarray, optional
+        Rows of ``split`` to expose (a client partition); all rows if None.
+    """
+
+    def __init__(
+        self, split: ImageSplit, indices: np.ndarray | Sequence[int] | None = None
+    ) -> None:
+        self._images = torch.from_numpy(split.images).permute(0, 3, 1, 2)  # NCHW view
+        self._labels = split.labels
+        rows = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(split)):
+            raise ValueError(
+                f"indices must lie in [0, {len(split)}), got [{rows.min()}, {rows.max()}]"
+            )
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return int(self._rows.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        row = int(self._rows[i])
+        return self._images[row], int(self._labels[row])
+
+
+def augment_images(
+    images: Tensor, generator: torch.Generator | None, padding: int = 4, flip: bool = True
+) -> Tensor:
+    """Random crop with zero padding and random horizontal flip, per example.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        ``(B, C, H, W)`` float images in [0, 1] (padding adds black borders,
+        as torchvision's ``RandomCrop(padding=4)`` on the raw image).
+    generator : torch.Generator or None
+        Source of the crop offsets and flips; None uses torch's global
+        generator (avoid it for reproducible runs).
+    padding : int, default 4
+        Pixels of zero padding on each side before cropping back to H x W.
+    flip : bool, default True
+        Flip each image left-right with probability 1/2.
+
+    Returns
+    -------
+    torch.Tensor
+        Augmented images, same shape.
+    """
+    b, c, h, w = images.shape
+    if b == 0:
+        return images
+    out = images
+    if padding > 0:
+        padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
+        batch_idx = torch.arange(b)[:, None, None, None]
+        chan_idx = torch.arange(c)[None, :, None, None]
+        out = padded[batch_idx, chan_idx, rows, cols]
+    if flip:
+        flips = torch.rand(b, generator=generator) < 0.5
+        out = torch.where(flips[:, None, None, None], out.flip(-1), out)
+    return out
+
+
+def normalize_images(
+    images: Tensor,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
+) -> Tensor:
+    """Subtract the channel mean and divide by the channel standard deviation.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        ``(B, C, H, W)`` float images in [0, 1].
+    mean, std : sequence of float
+        Per-channel statistics (CIFAR-10 by default).
+
+    Returns
+    -------
+    torch.Tensor
+        Normalised images.
+    """
+    m = torch.as_tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - m) / s
+
+
+class ImageCollator:
+    """Collate ``(uint8 image, label)`` items into a normalised float batch.
+
+    Parameters
+    ----------
+    augment : bool, default False
+        Apply :func:`augment_images` (training batches).
+    generator : torch.Generator, optional
+        Random source of the augmentation; required when ``augment`` is on.
+    mean, std : sequence of float
+        Normalisation statistics.
+    """
+
+    def __init__(
+        self,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+        mean: Sequence[float] = CIFAR10_MEAN,
+        std: Sequence[float] = CIFAR10_STD,
+    ) -> None:
+        if augment and generator is None:
+            raise ValueError("augmentation needs a torch.Generator (seeds are arguments)")
+        self.augment = augment
+        self.generator = generator
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def __call__(self, items: Sequence[tuple[Tensor, int]]) -> Batch:
+        images = torch.stack([img for img, _ in items]).float().div_(255.0)
+        labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+        if self.augment:
+            images = augment_images(images, self.generator)
+        return normalize_images(images, self.mean, self.std), labels
+
+
+def make_image_loader(
+    split: ImageSplit,
+    indices: np.ndarray | Sequence[int] | None = None,
+    batch_size: int = 128,
+    *,
+    train: bool,
+    augment: bool = True,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    num_workers: int = 0,
+) -> DataLoader[tuple[Tensor, int]]:
+    """A DataLoader of ``(images, labels)`` batches over a split or a subset.
+
+    Parameters
+    ----------
+    split : ImageSplit
+        The images.
+    indices : numpy.ndarray, optional
+        Rows to use (a client partition); all if None.
+    batch_size : int, default 128
+        Examples per batch.
+    train : bool
+        Training loaders shuffle and (if ``augment``) augment; evaluation
+        loaders keep the order and never augment.
+    augment : bool, default True
+        Random crop and flip for training batches.
+    generator : torch.Generator, optional
+        Drives shuffling and augmentation; required when ``train`` is True.
+    drop_last : bool, default False
+        Drop a last incomplete batch.
+    num_workers : int, default 0
+        Worker processes. Keep 0 for reproducible augmentation (workers
+        would each get a copy of the generator).
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        Yields :data:`~fish_fl.data.batch.Batch` tuples.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if train and generator is None:
+        raise ValueError("a training loader needs a torch.Generator (seeds are arguments)")
+    collate = ImageCollator(augment=train and augment, generator=generator)
+    return DataLoader(
+        ImageTensorDataset(split, indices),
+        batch_size=batch_size,
+        shuffle=train,
+        generator=generator if train else None,
+        collate_fn=collate,
+        drop_last=drop_last,
+        num_workers=num_workers,
+    )
