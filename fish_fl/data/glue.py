@@ -42,7 +42,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from fish_fl.data.batch import Batch
 from fish_fl.data.hub import DataUnavailableError, hub_offline
 
 if TYPE_CHECKING:
@@ -512,13 +511,20 @@ def _load_embedded(spec: GlueTask) -> GlueSplits:
 
 
 def _hub_split(spec: GlueTask, data: Any) -> TextSplit:
+    """Columns of one hub split, read through Arrow (row iteration is slow)."""
+    table = data.with_format("arrow")
+    missing = [c for c in (*spec.hub_text_columns, "label") if c not in data.column_names]
+    if missing:
+        raise ValueError(
+            f"{GLUE_HUB_NAME}/{spec.hub_config} lacks columns {missing}: got {data.column_names}"
+        )
     columns = spec.hub_text_columns
     dtype = np.float32 if spec.is_regression else np.int64
     return TextSplit(
         task=spec.name,
-        text_a=list(data[columns[0]]),
-        text_b=list(data[columns[1]]) if spec.is_pair else None,
-        labels=np.asarray(data["label"], dtype=dtype),
+        text_a=table[columns[0]].to_pylist(),
+        text_b=table[columns[1]].to_pylist() if spec.is_pair else None,
+        labels=np.asarray(table["label"].to_numpy(), dtype=dtype),
     )
 
 
@@ -785,7 +791,9 @@ class TextCollator:
         self.left = padding_side == "left"
         self.regression = regression
 
-    def __call__(self, items: Sequence[tuple[Mapping[str, list[int]], float]]) -> Batch:
+    def __call__(
+        self, items: Sequence[tuple[Mapping[str, list[int]], float]]
+    ) -> tuple[dict[str, Tensor], Tensor]:
         n = len(items)
         lengths = [len(f["input_ids"]) for f, _ in items]
         width = max(lengths, default=0)

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from fish_fl.data.batch import Batch
 from fish_fl.data.hub import DataUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -495,7 +494,7 @@ class ImageCollator:
         self.mean = tuple(mean)
         self.std = tuple(std)
 
-    def __call__(self, items: Sequence[tuple[Tensor, int]]) -> Batch:
+    def __call__(self, items: Sequence[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
         images = torch.stack([img for img, _ in items]).float().div_(255.0)
         labels = torch.tensor([label for _, label in items], dtype=torch.int64)
         if self.augment:
