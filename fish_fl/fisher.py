@@ -213,6 +213,25 @@ def _flat_middle(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
+def _square_sum_bmm(left: Tensor, right: Tensor) -> Tensor:
+    """``sum_b (left_b @ right_b)^2`` for ``left [B, O, L]``, ``right [B, L, I]``.
+
+    Per-example products are formed a few examples at a time in one reused
+    buffer (about 32 MB), squared in place and summed: the cost is the batched
+    weight gradient's multiply-adds plus one pass over the per-example block.
+    """
+    b, o, i = left.shape[0], left.shape[1], right.shape[2]
+    chunk = max(1, min(b, (32 * 2**20) // max(1, 4 * o * i)))
+    acc = left.new_zeros(o, i)
+    buf = left.new_empty(chunk, o, i)
+    for lo in range(0, b, chunk):
+        hi = min(b, lo + chunk)
+        out = buf[: hi - lo]
+        torch.bmm(left[lo:hi], right[lo:hi], out=out)
+        acc.add_(out.square_().sum(0))
+    return acc
+
+
 def _linear_grads(m: nn.Module, x: Tensor, g: Tensor) -> dict[str, Tensor]:
     x3, g3 = _flat_middle(x), _flat_middle(g)
     out = {"weight": torch.bmm(g3.transpose(1, 2), x3)}
@@ -221,29 +240,55 @@ def _linear_grads(m: nn.Module, x: Tensor, g: Tensor) -> dict[str, Tensor]:
     return out
 
 
-def _linear_squares(m: nn.Module, x: Tensor, g: Tensor) -> dict[str, Tensor] | None:
-    if x.dim() != 2:
-        return None
-    out = {"weight": g.pow(2).t() @ x.pow(2)}
+def _linear_squares(m: nn.Module, x: Tensor, g: Tensor) -> dict[str, Tensor]:
+    if x.dim() == 2:
+        # No sequence dimension: sum_b (g_b x_b^T)^2 = (g^2)^T (x^2), never per example.
+        out = {"weight": g.pow(2).t() @ x.pow(2)}
+    else:
+        x3, g3 = _flat_middle(x), _flat_middle(g)
+        out = {"weight": _square_sum_bmm(g3.transpose(1, 2), x3)}
     if getattr(m, "bias", None) is not None:
-        out["bias"] = g.pow(2).sum(0)
+        out["bias"] = _flat_middle(g).sum(1).pow(2).sum(0)
     return out
+
+
+def _conv2d_columns(m: nn.Conv2d, x: Tensor) -> Tensor:
+    """Input patches ``[B, G, C/G * kh * kw, L]`` (im2col through strided views)."""
+    assert not isinstance(m.padding, str)
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, m.padding
+    b, c = x.shape[:2]
+    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    # Windows of the dilated kernel, then the dilation's stride inside each window.
+    v = xp.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    v = v[..., ::dh, ::dw]  # [B, C, Ho, Wo, kh, kw]
+    ho, wo = v.shape[2], v.shape[3]
+    cols = v.permute(0, 1, 4, 5, 2, 3).reshape(b, m.groups, (c // m.groups) * kh * kw, ho * wo)
+    return cols
 
 
 def _conv2d_grads(m: nn.Module, x: Tensor, g: Tensor) -> dict[str, Tensor]:
     assert isinstance(m, nn.Conv2d)
     b = x.shape[0]
-    groups = m.groups
-    assert not isinstance(m.padding, str)
-    cols = F.unfold(
-        x, kernel_size=m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride
-    )  # [B, C*kh*kw, L]
-    cols = cols.reshape(b, groups, -1, cols.shape[-1])
-    g4 = g.reshape(b, groups, -1, g.shape[-2] * g.shape[-1])
+    cols = _conv2d_columns(m, x)
+    g4 = g.reshape(b, m.groups, -1, g.shape[-2] * g.shape[-1])
     weight = torch.einsum("bgol,bgcl->bgoc", g4, cols).reshape(b, *m.weight.shape)
     out = {"weight": weight}
     if m.bias is not None:
         out["bias"] = g.sum((2, 3))
+    return out
+
+
+def _conv2d_squares(m: nn.Module, x: Tensor, g: Tensor) -> dict[str, Tensor]:
+    assert isinstance(m, nn.Conv2d)
+    b, groups = x.shape[0], m.groups
+    cols = _conv2d_columns(m, x)  # [B, G, Ckk, L]
+    g4 = g.reshape(b, groups, -1, g.shape[-2] * g.shape[-1])  # [B, G, O/G, L]
+    parts = [
+        _square_sum_bmm(g4[:, j], cols[:, j].transpose(1, 2)) for j in range(groups)
+    ]  # each [O/G, Ckk]
+    out = {"weight": torch.cat(parts, 0).reshape(m.weight.shape)}
+    if m.bias is not None:
+        out["bias"] = g.sum((2, 3)).pow(2).sum(0)
     return out
 
 
@@ -344,7 +389,7 @@ class _Rule:
 
 _RULES: tuple[_Rule, ...] = (
     _Rule(lambda m: isinstance(m, nn.Linear), _linear_grads, _linear_squares),
-    _Rule(_conv2d_supported, _conv2d_grads),
+    _Rule(_conv2d_supported, _conv2d_grads, _conv2d_squares),
     _Rule(_embedding_supported, _embedding_grads, _embedding_squares),
     _Rule(lambda m: isinstance(m, nn.LayerNorm), _layer_norm_grads),
     _Rule(lambda m: isinstance(m, nn.RMSNorm), _rms_norm_grads),
