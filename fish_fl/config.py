@@ -24,7 +24,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .masks import MaskSpec
+from .masks import MaskSpec, available_builders
 from .training import OptimizerConfig
 
 __all__ = ["ConfigError", "RunConfig", "parse_override"]
@@ -49,6 +49,9 @@ class RunConfig:
     model: str = field(
         default="minilm",
         metadata=_meta("minilm, resnet34-cifar, resnet18-cifar, a hub name or a local folder"),
+    )
+    width: int = field(
+        default=64, metadata=_meta("ResNet first-stage width (64: the paper's ResNet-34)", min=1)
     )
     data_source: str = field(
         default="embedded",
@@ -163,6 +166,7 @@ class RunConfig:
         default=0.0, metadata=_meta("GPUs per simulated client", min=0.0)
     )
     progress: bool = field(default=True, metadata=_meta("progress bars"))
+    out_dir: str = field(default="runs", metadata=_meta("folder that run folders are created in"))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -171,6 +175,10 @@ class RunConfig:
 
     # -- consistency between keys ---------------------------------------------
     def _check_combinations(self) -> None:
+        if self.mask_method not in available_builders():
+            raise ConfigError(
+                f"mask-method={self.mask_method!r} is not allowed; choose one of {', '.join(available_builders())}"
+            )
         if self.warmup_rounds >= self.rounds:
             raise ConfigError(
                 f"warmup-rounds={self.warmup_rounds} must be smaller than rounds={self.rounds}"
@@ -259,10 +267,13 @@ class RunConfig:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
-        flat = dict(data.get("run", data))
+        table = data.get("run", data)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: run must be a [run] table, got run={table!r}")
+        flat = dict(table)
         flat.update(overrides or {})
         return cls.from_mapping(flat)
 

@@ -7,11 +7,15 @@ from . import bitfit, dense, fish, layers, magnitude, random  # noqa: F401  (reg
 from .mask import Mask, ParameterStats, block_of, compile_patterns
 from .registry import (
     MaskBuilder,
+    MaskScorer,
     available_builders,
+    available_scorers,
     build_mask,
     head_names,
     parameter_shapes,
     register_mask_builder,
+    register_mask_scorer,
+    score_parameters,
     topk_mask,
 )
 from .spec import DEFAULT_HEAD_PATTERNS, MaskSpec
@@ -20,6 +24,10 @@ __all__ = [
     "DEFAULT_HEAD_PATTERNS",
     "Mask",
     "MaskBuilder",
+    "MaskScorer",
+    "available_scorers",
+    "register_mask_scorer",
+    "score_parameters",
     "MaskSpec",
     "ParameterStats",
     "available_builders",

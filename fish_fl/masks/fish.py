@@ -11,23 +11,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..fisher import fisher_diagonal
-from .mask import Mask
-from .registry import parameter_shapes, register_mask_builder, topk_mask
+from .registry import register_mask_scorer
 from .spec import MaskSpec
 
 
-@register_mask_builder("fish")
-def build_fish_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> Mask:
+@register_mask_scorer("fish")
+def fish_scores(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> dict[str, Tensor]:
+    """Diagonal Fisher of every parameter (all are scored, frozen or not)."""
     if data is None:
         raise ValueError("the fish mask needs calibration data (batches of (inputs, targets))")
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(True)
     try:
-        scores = fisher_diagonal(
+        return fisher_diagonal(
             model,
             data,
             n_samples=spec.fisher_samples,
@@ -37,4 +37,3 @@ def build_fish_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
-    return topk_mask(scores, parameter_shapes(model), spec.density, spec.head_patterns)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
-from .mask import Mask
-from .registry import parameter_shapes, register_mask_builder, topk_mask
+from .registry import register_mask_scorer
 from .spec import MaskSpec
 
 
-@register_mask_builder("magnitude")
-def build_magnitude_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> Mask:
-    scores = {n: p.detach().abs() for n, p in model.named_parameters()}
-    return topk_mask(scores, parameter_shapes(model), spec.density, spec.head_patterns)
+@register_mask_scorer("magnitude")
+def magnitude_scores(
+    model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None
+) -> dict[str, Tensor]:
+    """Absolute values of the weights."""
+    return {n: p.detach().abs() for n, p in model.named_parameters()}

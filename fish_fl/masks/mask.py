@@ -195,6 +195,15 @@ class Mask:
             if idx.numel():
                 yield name, idx, self._offsets[name]
 
+    def flat_positions(self) -> Tensor:
+        """Kept entries as positions in all covered parameters flattened and
+        concatenated in mask order (the layout of ``protocol.flat_parameters``)."""
+        parts, offset = [], 0
+        for name in self.shapes:
+            parts.append(self.indices[name] + offset)
+            offset += self.numel(name)
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
     @property
     def fingerprint(self) -> str:
         """A content hash (names, shapes, kept indices): equal masks, equal prints."""

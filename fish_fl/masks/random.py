@@ -6,16 +6,16 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from .mask import Mask
-from .registry import parameter_shapes, register_mask_builder, topk_mask
+from .registry import parameter_shapes, register_mask_scorer
 from .spec import MaskSpec
 
 
-@register_mask_builder("random")
-def build_random_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> Mask:
+@register_mask_scorer("random")
+def random_scores(
+    model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None
+) -> dict[str, Tensor]:
+    """Uniform random scores from a generator seeded with ``spec.seed``."""
     gen = torch.Generator().manual_seed(spec.seed)
-    shapes = parameter_shapes(model)
-    scores = {n: torch.rand(s, generator=gen) for n, s in shapes.items()}
-    return topk_mask(scores, shapes, spec.density, spec.head_patterns)
+    return {n: torch.rand(s, generator=gen) for n, s in parameter_shapes(model).items()}

@@ -19,6 +19,10 @@ from .spec import MaskSpec
 
 __all__ = [
     "MaskBuilder",
+    "MaskScorer",
+    "available_scorers",
+    "register_mask_scorer",
+    "score_parameters",
     "available_builders",
     "build_mask",
     "head_names",
@@ -30,7 +34,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MaskBuilder = Callable[[nn.Module, MaskSpec, Iterable[Any] | None], Mask]
+MaskScorer = Callable[[nn.Module, MaskSpec, Iterable[Any] | None], dict[str, Tensor]]
 _BUILDERS: dict[str, MaskBuilder] = {}
+_SCORERS: dict[str, MaskScorer] = {}
 
 
 def register_mask_builder(name: str) -> Callable[[MaskBuilder], MaskBuilder]:
@@ -45,8 +51,48 @@ def register_mask_builder(name: str) -> Callable[[MaskBuilder], MaskBuilder]:
     return decorate
 
 
+def register_mask_scorer(name: str) -> Callable[[MaskScorer], MaskScorer]:
+    """Decorator for a per-entry score function; registers the top-k builder too.
+
+    The builder ``name`` keeps the head and the highest-scoring entries (see
+    :func:`topk_mask`); the scores themselves stay available through
+    :func:`score_parameters`, e.g. for disjoint masks.
+    """
+
+    def decorate(fn: MaskScorer) -> MaskScorer:
+        def builder(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> Mask:
+            return topk_mask(
+                fn(model, spec, data), parameter_shapes(model), spec.density, spec.head_patterns
+            )
+
+        builder.__doc__ = fn.__doc__
+        register_mask_builder(name)(builder)
+        _SCORERS[name] = fn
+        return fn
+
+    return decorate
+
+
 def available_builders() -> list[str]:
     return sorted(_BUILDERS)
+
+
+def available_scorers() -> list[str]:
+    return sorted(_SCORERS)
+
+
+def score_parameters(
+    model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None = None
+) -> dict[str, Tensor]:
+    """Per-entry scores of a scored method (``fish``, ``random``, ``magnitude``)."""
+    try:
+        scorer = _SCORERS[spec.method]
+    except KeyError:
+        raise ValueError(
+            f"mask method {spec.method!r} has no per-entry scores; scored methods: "
+            f"{', '.join(available_scorers())}"
+        ) from None
+    return scorer(model, spec, data)
 
 
 def build_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None = None) -> Mask:

@@ -1,0 +1,339 @@
+"""What a client process keeps between messages, and how a node syncs its model.
+
+Memory does not grow with the number of simulated nodes: a process keeps one
+model instance, the run's data, and at most two base models (flat float32
+vectors, also cached on disk so that another process on the same machine
+finds them). Per node, ``context.state`` keeps only small things: the run
+config, the node's mask (compact encoding) and its optimiser state (O(k)).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from torch import Tensor, nn
+
+from fish_fl import protocol as P
+from fish_fl.config import RunConfig
+from fish_fl.masks import Mask
+from fish_fl.models import resolve_device
+from fish_fl.task import TaskData, build_task_model, load_task_data, state_fingerprint
+
+__all__ = ["NodeError", "Runtime", "SyncedModel", "runtime"]
+
+logger = logging.getLogger(__name__)
+
+NODE_STATE = "fish-node"
+NODE_MASK = "fish-mask"
+NODE_OPTIM = "fish-optim"
+NODE_OPTIM_META = "fish-optim-meta"
+
+MISSING_BASE = "fish-fl:missing-base"
+MISSING_MASK = "fish-fl:missing-mask"
+
+
+class NodeError(RuntimeError):
+    """The node cannot follow the server (a base or mask it should hold is gone)."""
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("FISH_FL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fish-fl"
+    )
+    path = Path(root) / "bases"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class BaseStore:
+    """Base models by fingerprint: two in memory, more on disk."""
+
+    def __init__(self, keep: int = 2, keep_on_disk: int = 4) -> None:
+        self.memory: OrderedDict[str, Tensor] = OrderedDict()
+        self.keep, self.keep_on_disk = keep, keep_on_disk
+
+    def get(self, fingerprint: str) -> Tensor | None:
+        if fingerprint in self.memory:
+            self.memory.move_to_end(fingerprint)
+            return self.memory[fingerprint]
+        path = _cache_dir() / f"{fingerprint}.npy"
+        if path.is_file():
+            flat = torch.from_numpy(np.load(path))
+            self._remember(fingerprint, flat)
+            return flat
+        return None
+
+    def put(self, fingerprint: str, flat: Tensor, *, to_disk: bool = True) -> None:
+        self._remember(fingerprint, flat)
+        if to_disk:
+            folder = _cache_dir()
+            tmp = folder / f".{fingerprint}.{os.getpid()}.npy"
+            np.save(tmp, flat.numpy())
+            os.replace(tmp, folder / f"{fingerprint}.npy")
+            files = sorted(folder.glob("*.npy"), key=lambda p: p.stat().st_mtime)
+            for old in files[: -self.keep_on_disk]:
+                old.unlink(missing_ok=True)
+
+    def _remember(self, fingerprint: str, flat: Tensor) -> None:
+        self.memory[fingerprint] = flat
+        self.memory.move_to_end(fingerprint)
+        while len(self.memory) > self.keep:
+            self.memory.popitem(last=False)
+
+
+@dataclass
+class SyncedModel:
+    """A node's model after a message was applied: base, mask and values written in."""
+
+    config: RunConfig
+    model: nn.Module
+    mask: Mask | None
+    values: Tensor
+    device: torch.device
+
+
+class Runtime:
+    """Per-process caches: configs, the model instance, the data, the bases."""
+
+    def __init__(self) -> None:
+        self.configs: dict[str, RunConfig] = {}
+        self.models: dict[str, nn.Module] = {}
+        self.data: dict[str, TaskData] = {}
+        self.bases = BaseStore()
+        self.device: torch.device | None = None
+
+    # -- configuration -----------------------------------------------------
+    def config(self, cfg: ConfigRecord, state: RecordDict) -> RunConfig:
+        """The run config: sent on first contact, then kept in the node state."""
+        text = cfg.get(P.CFG_RUN_CONFIG)
+        if isinstance(text, str):
+            state[NODE_STATE] = ConfigRecord(
+                {P.CFG_RUN_CONFIG: text, **self._node_info(state, skip_config=True)}
+            )
+        elif (
+            NODE_STATE in state.config_records
+            and P.CFG_RUN_CONFIG in state.config_records[NODE_STATE]
+        ):
+            text = str(state.config_records[NODE_STATE][P.CFG_RUN_CONFIG])
+        else:
+            raise NodeError("node has no run config; the server must send run-config first")
+        assert isinstance(text, str)
+        if text not in self.configs:
+            self.configs[text] = RunConfig.from_json(text)
+            self._threads(self.configs[text])
+        return self.configs[text]
+
+    def _threads(self, config: RunConfig) -> None:
+        if os.environ.get("FISH_FL_SIMULATION") == "1":
+            torch.set_num_threads(max(1, int(round(config.client_num_cpus))))
+
+    @staticmethod
+    def _node_info(state: RecordDict, skip_config: bool = False) -> dict[str, Any]:
+        if NODE_STATE not in state.config_records:
+            return {}
+        rec = state.config_records[NODE_STATE]
+        return {k: v for k, v in rec.items() if not (skip_config and k == P.CFG_RUN_CONFIG)}
+
+    def _set_node_info(self, state: RecordDict, **values: Any) -> None:
+        info = self._node_info(state)
+        info.update(values)
+        state[NODE_STATE] = ConfigRecord(info)
+
+    def model(self, config: RunConfig) -> nn.Module:
+        key = json.dumps([config.model, config.task, config.width, config.seed])
+        if key not in self.models:
+            if self.device is None:
+                self.device = resolve_device(config.device)
+            self.models.clear()
+            self.models[key] = build_task_model(config).to(self.device)
+        return self.models[key]
+
+    def task_data(self, config: RunConfig) -> TaskData:
+        keys = (
+            "task",
+            "model",
+            "data-source",
+            "data-dir",
+            "max-length",
+            "train-examples",
+            "eval-examples",
+            "seed",
+            "num-clients",
+            "partition",
+            "dirichlet-alpha",
+            "fisher-samples",
+            "mask-source",
+            "batch-size",
+            "eval-batch-size",
+            "augment",
+        )
+        flat = config.to_dict()
+        key = json.dumps({k: flat[k] for k in keys}, sort_keys=True)
+        if key not in self.data:
+            self.data.clear()
+            self.data[key] = load_task_data(config)
+        return self.data[key]
+
+    # -- the base model ------------------------------------------------------
+    def _initial_base(self, config: RunConfig, fingerprint: str) -> Tensor:
+        flat = self.bases.get(fingerprint)
+        if flat is None:
+            model = build_task_model(config)
+            got = state_fingerprint(dict(model.named_parameters()))
+            if got != fingerprint:
+                raise NodeError(
+                    f"this node builds a base model with fingerprint {got}, the server's is "
+                    f"{fingerprint}: model {config.model!r} or its version differs"
+                )
+            flat = P.flat_parameters(model)
+            self.bases.put(fingerprint, flat, to_disk=False)
+        return flat
+
+    def _check_base(self, model: nn.Module, flat: Tensor, fingerprint: str) -> None:
+        P.load_flat_parameters(model, flat)
+        got = state_fingerprint(dict(model.named_parameters()))
+        if got != fingerprint:
+            raise NodeError(f"received base has fingerprint {got}, expected {fingerprint}")
+
+    def base(
+        self, config: RunConfig, cfg: ConfigRecord, arrays: ArrayRecord, state: RecordDict
+    ) -> Tensor:
+        """The base model this message refers to, as a flat float32 vector."""
+        version = int(cfg[P.CFG_BASE_VERSION])  # type: ignore[arg-type]
+        fingerprint = str(cfg[P.CFG_BASE_FINGERPRINT])
+        model = self.model(config)
+        if P.BASE in arrays:
+            flat = torch.from_numpy(arrays[P.BASE].numpy().astype(np.float32, copy=True))
+            self._check_base(model, flat, fingerprint)
+            self.bases.put(fingerprint, flat)
+        elif P.BASE_PATCH in arrays:
+            info = self._node_info(state)
+            old_fp = info.get(P.CFG_BASE_FINGERPRINT)
+            old = self.bases.get(str(old_fp)) if old_fp else None
+            old_mask = self.stored_mask(state)
+            if old is None or old_mask is None:
+                raise NodeError(
+                    f"{MISSING_BASE}: cannot patch: previous base or mask not on this node"
+                )
+            flat = old.clone()
+            patch = torch.from_numpy(arrays[P.BASE_PATCH].numpy().astype(np.float32, copy=True))
+            positions = old_mask.flat_positions()
+            if patch.numel() != positions.numel():
+                raise NodeError(
+                    f"base patch has {patch.numel()} values for a mask of {positions.numel()}"
+                )
+            flat[positions] = patch
+            self._check_base(model, flat, fingerprint)
+            self.bases.put(fingerprint, flat)
+        elif version == 0:
+            flat = self._initial_base(config, fingerprint)
+        else:
+            got = self.bases.get(fingerprint)
+            if got is None:
+                raise NodeError(
+                    f"{MISSING_BASE}: base version {version} ({fingerprint}) not on this node"
+                )
+            flat = got
+        self._set_node_info(
+            state, **{P.CFG_BASE_VERSION: version, P.CFG_BASE_FINGERPRINT: fingerprint}
+        )
+        return flat
+
+    # -- the mask --------------------------------------------------------------
+    @staticmethod
+    def stored_mask(state: RecordDict) -> Mask | None:
+        if NODE_MASK not in state.array_records:
+            return None
+        return Mask.from_bytes(state.array_records[NODE_MASK][P.MASK].numpy())
+
+    def mask(self, cfg: ConfigRecord, arrays: ArrayRecord, state: RecordDict) -> Mask:
+        version = int(cfg[P.CFG_MASK_VERSION])  # type: ignore[arg-type]
+        fingerprint = str(cfg[P.CFG_MASK_FINGERPRINT])
+        if P.MASK in arrays:
+            data = arrays[P.MASK].numpy()
+            mask = Mask.from_bytes(data)
+            if mask.fingerprint != fingerprint:
+                raise NodeError(
+                    f"received mask has fingerprint {mask.fingerprint}, expected {fingerprint}"
+                )
+            state[NODE_MASK] = ArrayRecord({P.MASK: Array(np.asarray(data, dtype=np.uint8))})
+            self._set_node_info(
+                state, **{P.CFG_MASK_VERSION: version, P.CFG_MASK_FINGERPRINT: fingerprint}
+            )
+            return mask
+        info = self._node_info(state)
+        stored = self.stored_mask(state)
+        if (
+            stored is None
+            or info.get(P.CFG_MASK_VERSION) != version
+            or stored.fingerprint != fingerprint
+        ):
+            raise NodeError(f"{MISSING_MASK}: mask version {version} not on this node")
+        return stored
+
+    # -- one message ------------------------------------------------------------
+    def sync(
+        self, content: RecordDict, state: RecordDict, *, with_mask: bool = True
+    ) -> SyncedModel:
+        """Bring the process's model to what the message describes."""
+        cfg = content.config_records[P.CONFIG]
+        arrays = content.array_records[P.ARRAYS]
+        config = self.config(cfg, state)
+        base = self.base(config, cfg, arrays, state)
+        model = self.model(config)
+        P.load_flat_parameters(model, base)
+        mask: Mask | None = None
+        values = torch.zeros(0)
+        if with_mask:
+            mask = self.mask(cfg, arrays, state)
+            values = torch.from_numpy(arrays[P.VALUES].numpy().astype(np.float32, copy=True))
+            mask.scatter(model, values)
+        if P.BUFFERS in arrays:
+            P.load_flat_buffers(model, torch.from_numpy(arrays[P.BUFFERS].numpy().copy()))
+        assert self.device is not None
+        return SyncedModel(config, model, mask, values, self.device)
+
+
+def save_optimizer(state: RecordDict, optimizer: torch.optim.Optimizer, mask_version: int) -> None:
+    """Keep a node's optimiser state (O(k)) across rounds."""
+    sd = optimizer.state_dict()
+    arrays = {}
+    for idx, entries in sd["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, Tensor):
+                arrays[f"{idx}/{name}"] = Array(value.detach().cpu().numpy())
+    state[NODE_OPTIM] = ArrayRecord(arrays)
+    state[NODE_OPTIM_META] = ConfigRecord(
+        {P.CFG_MASK_VERSION: mask_version, "groups": json.dumps(sd["param_groups"])}
+    )
+
+
+def load_optimizer(state: RecordDict, optimizer: torch.optim.Optimizer, mask_version: int) -> bool:
+    """Restore the state saved for the same mask version; False if there is none."""
+    if NODE_OPTIM not in state.array_records or NODE_OPTIM_META not in state.config_records:
+        return False
+    meta = state.config_records[NODE_OPTIM_META]
+    if meta.get(P.CFG_MASK_VERSION) != mask_version:
+        return False
+    entries: dict[int, dict[str, Tensor]] = {}
+    for key, array in state.array_records[NODE_OPTIM].items():
+        idx, name = key.split("/", 1)
+        entries.setdefault(int(idx), {})[name] = torch.from_numpy(array.numpy().copy())
+    groups = json.loads(str(meta["groups"]))
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    optimizer.load_state_dict({"state": entries, "param_groups": groups})
+    for g, lr in zip(optimizer.param_groups, lrs, strict=True):
+        g["lr"] = lr
+    return True
+
+
+runtime = Runtime()

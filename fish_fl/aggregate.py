@@ -1,0 +1,64 @@
+"""Combining client updates of the ``k`` masked values.
+
+Each update is a delta in its client's mask order plus that mask's positions
+in the server's ``k``-vector (all positions when every client shares one
+mask). ``sum`` adds the deltas, as the FISH Mask paper does for its two
+workers; ``mean`` averages them weighted by the clients' example counts,
+position by position over the clients that train it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["ClientUpdate", "aggregate_updates", "average_buffers"]
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One client's contribution."""
+
+    delta: Tensor  # float32 [k_client]
+    positions: Tensor  # int64 [k_client], into the server's k-vector
+    weight: float  # examples behind the update
+
+    def __post_init__(self) -> None:
+        if self.delta.shape != self.positions.shape:
+            raise ValueError(
+                f"update has {self.delta.numel()} values for {self.positions.numel()} positions"
+            )
+        if not self.weight > 0:
+            raise ValueError(f"update weight must be positive, got {self.weight}")
+
+
+def aggregate_updates(updates: Sequence[ClientUpdate], k: int, mode: str = "mean") -> Tensor:
+    """The combined delta for the server's ``k``-vector.
+
+    Positions no client trained get 0.
+    """
+    if mode not in ("sum", "mean"):
+        raise ValueError(f"aggregation must be 'sum' or 'mean', got {mode!r}")
+    if not updates:
+        raise ValueError("no update to aggregate")
+    total = torch.zeros(k, dtype=torch.float64)
+    weight = torch.zeros(k, dtype=torch.float64)
+    for u in updates:
+        w = 1.0 if mode == "sum" else float(u.weight)
+        total.index_add_(0, u.positions, u.delta.double() * w)
+        weight.index_add_(0, u.positions, torch.full_like(u.delta, w, dtype=torch.float64))
+    if mode == "mean":
+        total = torch.where(weight > 0, total / weight.clamp_min(1e-300), total)
+    return total.float()
+
+
+def average_buffers(buffers: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Example-weighted mean of dense buffers (BatchNorm statistics)."""
+    if not buffers:
+        raise ValueError("no buffers to average")
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
+    stacked = torch.stack([b.double() for b in buffers])
+    return ((stacked * w.view(-1, 1)).sum(0) / w.sum()).float()

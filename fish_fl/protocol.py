@@ -1,0 +1,103 @@
+"""Message keys and the flat tensor layouts both sides of a federation share.
+
+Keys are kebab-case. A server-to-node message holds two records:
+
+``"arrays"`` (ArrayRecord)
+    ``values``      float32, the node's ``k`` masked values in mask order
+    ``buffers``     float32, all floating-point buffers (BatchNorm statistics), flat
+    ``mask``        uint8, the node's mask (:meth:`Mask.to_bytes`), only when
+                    the node does not hold this mask version yet
+    ``base``        float32, every parameter, flat: a new base model, sent to a
+                    node that cannot patch its old one
+    ``base-patch``  float32, the final values of the node's previous mask: the
+                    node's old base with these values written in is the new base
+``"config"`` (ConfigRecord)
+    see the ``CFG_*`` constants.
+
+A node's reply holds ``"arrays"`` (``update``: the ``k``-vector of trained
+minus received values in the run's wire dtype, ``buffers``, or for a Fisher
+query ``scores``: float16 Fisher scores of every parameter, flat) and
+``"metrics"`` (``num-examples``, ``mask-version``, ``train-loss``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+# -- records ---------------------------------------------------------------
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# -- arrays ------------------------------------------------------------------
+VALUES = "values"
+BUFFERS = "buffers"
+MASK = "mask"
+BASE = "base"
+BASE_PATCH = "base-patch"
+UPDATE = "update"
+SCORES = "scores"
+
+# -- config --------------------------------------------------------------------
+CFG_ROUND = "server-round"
+CFG_RUN_CONFIG = "run-config"  # the run's RunConfig as JSON, on first contact
+CFG_PHASE = "phase"  # "dense" (warm-up) or "sparse"
+CFG_MASK_VERSION = "mask-version"
+CFG_MASK_FINGERPRINT = "mask-fingerprint"
+CFG_BASE_VERSION = "base-version"
+CFG_BASE_FINGERPRINT = "base-fingerprint"
+CFG_LOCAL_STEPS = "local-steps"
+CFG_LR = "lr"
+CFG_SEED = "seed"  # seed of this round's data order on this node
+CFG_ACTION = "action"  # query messages: "fisher"
+
+# -- metrics -------------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+METRIC_MASK_VERSION = "mask-version"
+
+ACTION_FISHER = "fisher"
+
+
+def flat_parameters(model: nn.Module) -> Tensor:
+    """Every parameter, flattened and concatenated in the model's order (float32, CPU)."""
+    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in model.parameters()])
+
+
+@torch.no_grad()
+def load_flat_parameters(model: nn.Module, flat: Tensor) -> None:
+    """Inverse of :func:`flat_parameters`; raises on a length mismatch."""
+    total = sum(p.numel() for p in model.parameters())
+    if flat.numel() != total:
+        raise ValueError(f"flat parameters have {flat.numel()} values, the model has {total}")
+    offset = 0
+    for p in model.parameters():
+        n = p.numel()
+        p.copy_(flat[offset : offset + n].view_as(p))
+        offset += n
+
+
+def float_buffers(model: nn.Module) -> list[Tensor]:
+    """The model's floating-point buffers (BatchNorm running statistics), in order."""
+    return [b for b in model.buffers() if b.is_floating_point()]
+
+
+def flat_buffers(model: nn.Module) -> Tensor:
+    bufs = float_buffers(model)
+    if not bufs:
+        return torch.zeros(0)
+    return torch.cat([b.detach().reshape(-1).to("cpu", torch.float32) for b in bufs])
+
+
+@torch.no_grad()
+def load_flat_buffers(model: nn.Module, flat: Tensor) -> None:
+    bufs = float_buffers(model)
+    total = sum(b.numel() for b in bufs)
+    if flat.numel() != total:
+        raise ValueError(f"flat buffers have {flat.numel()} values, the model has {total}")
+    offset = 0
+    for b in bufs:
+        n = b.numel()
+        b.copy_(flat[offset : offset + n].view_as(b))
+        offset += n

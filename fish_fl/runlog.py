@@ -1,0 +1,174 @@
+"""The run folder: resolved config, one metrics line per round, a summary.
+
+Layout::
+
+    config.json         the resolved RunConfig (flat kebab-case keys)
+    metrics.jsonl       one JSON object per round (round 0: before training)
+    mask_stats.json     kept entries per parameter and per block, per mask version
+    mask.safetensors    the last mask
+    summary.json        final and best metric, totals, wall time
+    accuracy_vs_communication.png
+    delta.safetensors   the trained model as a sparse delta from the base
+
+Each metrics line is flushed as soon as its round ends, so a crashed run keeps
+every completed round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from .config import RunConfig
+from .masks import Mask
+
+__all__ = ["RunRecorder", "format_bytes"]
+
+logger = logging.getLogger(__name__)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class RunRecorder:
+    """Writes a run folder and prints a per-round table.
+
+    Parameters
+    ----------
+    run_dir
+        Created if missing.
+    config
+        Written to ``config.json`` at once.
+    stream
+        Where the per-round table goes (``None``: no table).
+    """
+
+    COLUMNS = (
+        ("round", 5),
+        ("phase", 6),
+        ("metric", 9),
+        ("loss", 7),
+        ("train", 7),
+        ("ok", 4),
+        ("up", 10),
+        ("down", 10),
+        ("cum FME", 9),
+        ("time", 7),
+    )
+
+    def __init__(
+        self, run_dir: str | Path, config: RunConfig, stream: TextIO | None = sys.stdout
+    ) -> None:
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.stream = stream
+        self.rows: list[dict[str, Any]] = []
+        self.mask_stats: dict[str, Any] = {}
+        _write_json(self.dir / "config.json", config.to_dict())
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.metrics_path.write_text("")
+        self._header_printed = False
+
+    # -- per round -----------------------------------------------------------
+    def log_round(self, row: dict[str, Any]) -> None:
+        """Append one round's metrics line and print its table row."""
+        self.rows.append(row)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._print_row(row)
+
+    def _print_row(self, row: dict[str, Any]) -> None:
+        if self.stream is None:
+            return
+        if not self._header_printed:
+            head = " ".join(f"{name:>{w}}" for name, w in self.COLUMNS)
+            print(head, file=self.stream)
+            print("-" * len(head), file=self.stream)
+            self._header_printed = True
+        score = row.get("score")
+        ev = row.get("eval") or {}
+        cells = [
+            str(row["round"]),
+            row.get("phase", ""),
+            "-" if score is None else f"{score:.4f}",
+            "-" if "loss" not in ev else f"{ev['loss']:.4f}",
+            "-" if row.get("train_loss") is None else f"{row['train_loss']:.4f}",
+            f"{row.get('replies', 0)}",
+            format_bytes(row.get("bytes_up", 0)),
+            format_bytes(row.get("bytes_down", 0)),
+            f"{row.get('cum_fme', 0.0):.3f}",
+            f"{row.get('wall_time', 0.0):.0f}s",
+        ]
+        print(
+            " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, self.COLUMNS, strict=True)),
+            file=self.stream,
+            flush=True,
+        )
+
+    # -- masks and the end ---------------------------------------------------
+    def record_mask(self, version: int, mask: Mask, method: str) -> None:
+        """Per-parameter and per-block statistics of a mask version; the mask file."""
+        self.mask_stats[str(version)] = {
+            "method": method,
+            "k": mask.k,
+            "total": mask.total,
+            "density": mask.density,
+            "fingerprint": mask.fingerprint,
+            "encoded_bytes": len(mask.to_bytes()),
+            "parameters": [
+                {"name": s.name, "numel": s.numel, "kept": s.kept, "fraction": s.fraction}
+                for s in mask.parameter_stats()
+            ],
+            "blocks": [
+                {"name": s.name, "numel": s.numel, "kept": s.kept, "fraction": s.fraction}
+                for s in mask.block_stats()
+            ],
+        }
+        _write_json(self.dir / "mask_stats.json", self.mask_stats)
+        mask.save(
+            self.dir / "mask.safetensors", metadata={"version": str(version), "method": method}
+        )
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Write ``summary.json`` (adds final and best evaluated metric)."""
+        evaluated = [r for r in self.rows if r.get("score") is not None and r["round"] > 0]
+        if evaluated:
+            final = evaluated[-1]
+            best = max(evaluated, key=lambda r: r["score"])
+            summary["final"] = {
+                "round": final["round"],
+                "metric": final["metric"],
+                "score": final["score"],
+                **(final.get("eval") or {}),
+            }
+            summary["best"] = {
+                "round": best["round"],
+                "metric": best["metric"],
+                "score": best["score"],
+            }
+        summary["rounds"] = max((r["round"] for r in self.rows), default=0)
+        summary = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in summary.items()
+        }
+        _write_json(self.dir / "summary.json", summary)
+        return summary

@@ -1,0 +1,219 @@
+"""From a :class:`RunConfig` to a model, client data, calibration and evaluation.
+
+Both sides of a federation call these: the server for its calibration batches
+and held-out evaluation, each client for its own partition. Everything is a
+deterministic function of the config (and the client's partition id), so the
+server and every client agree on the base model and on the split without
+exchanging data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .config import ConfigError, RunConfig
+from .data.partition import ClientPartitions, make_client_partitions
+from .metrics import primary_metric, task_metrics
+from .models import build_model, is_vision_model, load_tokenizer
+from .training import evaluate
+
+__all__ = [
+    "TaskData",
+    "build_task_model",
+    "evaluate_model",
+    "load_task_data",
+    "state_fingerprint",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def is_vision(config: RunConfig) -> bool:
+    return is_vision_model(config.model)
+
+
+def num_labels(config: RunConfig) -> int:
+    if is_vision(config):
+        return 10
+    from .data.glue import get_task
+
+    return get_task(config.task).num_labels
+
+
+def build_task_model(config: RunConfig) -> nn.Module:
+    """The base model of the run: pretrained weights, or a seeded fresh init."""
+    return build_model(config.model, num_labels(config), width=config.width, seed=config.seed)
+
+
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """Content hash of a state dict (names, shapes, dtypes and bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class TaskData:
+    """The run's data: training split, held-out split and the client partitions."""
+
+    config: RunConfig
+    train: Any  # TokenizedDataset or ImageSplit
+    held_out: Any
+    train_labels: np.ndarray
+    partitions: ClientPartitions
+
+    @property
+    def metric_task(self) -> str:
+        return "cifar10" if is_vision(self.config) else self.config.task
+
+    @property
+    def primary(self) -> str:
+        return primary_metric(self.metric_task)
+
+    def _loader(
+        self, data: Any, indices: np.ndarray | None, *, train: bool, seed: int, batch: int
+    ) -> DataLoader[Any]:
+        gen = torch.Generator().manual_seed(seed) if train else None
+        if is_vision(self.config):
+            from .data.vision import make_image_loader
+
+            return make_image_loader(
+                data, indices, batch, train=train, augment=self.config.augment, generator=gen
+            )
+        from .data.glue import make_text_loader
+
+        subset = data if indices is None else data.subset(indices)
+        return make_text_loader(subset, batch, train=train, generator=gen)
+
+    def client_loader(self, partition_id: int, seed: int) -> DataLoader[Any]:
+        """Shuffled (and augmented) training batches of one client."""
+        if not 0 <= partition_id < self.partitions.num_clients:
+            raise ValueError(
+                f"partition-id {partition_id} out of range for {self.partitions.num_clients} partitions"
+            )
+        return self._loader(
+            self.train,
+            self.partitions.clients[partition_id],
+            train=True,
+            seed=seed,
+            batch=self.config.batch_size,
+        )
+
+    def client_size(self, partition_id: int) -> int:
+        return int(self.partitions.clients[partition_id].shape[0])
+
+    def calibration_loader(self) -> DataLoader[Any]:
+        """The server's calibration sample, in a fixed order, without augmentation."""
+        if self.partitions.calibration.shape[0] == 0:
+            raise ValueError("this run has no server calibration sample (mask-source=clients)")
+        return self._loader(
+            self.train,
+            self.partitions.calibration,
+            train=False,
+            seed=0,
+            batch=self.config.batch_size,
+        )
+
+    def local_calibration_loader(self, partition_id: int) -> DataLoader[Any]:
+        """A client's own data in a fixed order, for a client-side Fisher."""
+        return self._loader(
+            self.train,
+            self.partitions.clients[partition_id],
+            train=False,
+            seed=0,
+            batch=self.config.batch_size,
+        )
+
+    def eval_loader(self) -> DataLoader[Any]:
+        return self._loader(
+            self.held_out, None, train=False, seed=0, batch=self.config.eval_batch_size
+        )
+
+
+def _subset(n: int, keep: int, seed: int) -> np.ndarray:
+    if keep <= 0 or keep >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=keep, replace=False)).astype(np.int64)
+
+
+def load_task_data(config: RunConfig) -> TaskData:
+    """Load, subsample, tokenise and partition the run's data (deterministic)."""
+    if is_vision(config):
+        from .data.vision import ImageSplit, load_cifar10
+
+        if config.task != "cifar10":
+            raise ConfigError(
+                f"task={config.task!r} does not fit the vision model {config.model!r}; use cifar10"
+            )
+        if config.data_source == "embedded":
+            raise ConfigError("no embedded CIFAR-10 sample ships; use data-source=local or hub")
+        source = "torchvision" if config.data_source == "hub" else config.data_dir
+        images = load_cifar10(source)
+        tr = _subset(len(images.train.labels), config.train_examples, config.seed)
+        ev = np.arange(len(images.test.labels))[: config.eval_examples or None]
+        train: Any = ImageSplit(
+            images.train.images[tr], images.train.labels[tr], images.train.classes
+        )
+        held_out: Any = ImageSplit(
+            images.test.images[ev], images.test.labels[ev], images.test.classes
+        )
+        labels = np.asarray(train.labels)
+    else:
+        from .data.glue import TextSplit, load_glue, tokenize_split
+
+        source = {"embedded": "embedded", "hub": "hub"}.get(config.data_source, config.data_dir)
+        splits = load_glue(config.task, source)
+        tr = _subset(len(splits.train), config.train_examples, config.seed)
+        ev = np.arange(len(splits.dev))[: config.eval_examples or None]
+
+        def take(split: TextSplit, rows: np.ndarray) -> TextSplit:
+            return TextSplit(
+                split.task,
+                [split.text_a[i] for i in rows],
+                None if split.text_b is None else [split.text_b[i] for i in rows],
+                split.labels[rows],
+            )
+
+        tokenizer = load_tokenizer(config.model)
+        train_split = take(splits.train, tr)
+        train = tokenize_split(train_split, tokenizer, config.max_length)
+        held_out = tokenize_split(take(splits.dev, ev), tokenizer, config.max_length)
+        labels = np.asarray(train_split.labels)
+    calibration = config.fisher_samples if config.mask_source == "server" else 0
+    if calibration >= len(labels):
+        raise ConfigError(
+            f"fisher-samples={config.fisher_samples} leaves no training data among {len(labels)} examples"
+        )
+    partitions = make_client_partitions(
+        labels,
+        config.num_clients,
+        scheme=config.partition,
+        alpha=config.dirichlet_alpha,
+        seed=config.seed,
+        calibration_size=calibration,
+    )
+    return TaskData(config, train, held_out, labels, partitions)
+
+
+def evaluate_model(
+    model: nn.Module, batches: Iterable[Any], task: str, device: torch.device
+) -> dict[str, float]:
+    """Task metrics and mean loss on ``batches`` (eval mode, no gradients)."""
+    logits, targets, loss = evaluate(model, batches, device=device)
+    metrics = task_metrics(task, logits, targets)
+    metrics["loss"] = loss
+    return metrics
