@@ -1,0 +1,180 @@
+"""``fish-fl compare``: one table row per run, to compare methods and densities.
+
+Besides the task metric, the table reports the communication of each run and
+its reduction against dense federated averaging, the quantity behind the
+FISH Mask paper's communication claims (Sung, Nair and Raffel, NeurIPS 2021,
+arXiv 2111.09839, Section 5.3). The dense reference is a compared run whose
+mask method is ``dense`` when there is one (measured bytes), otherwise the
+analytic cost of dense FedAvg: per round, every sampled client downloads and
+uploads the full float32 model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fish_fl.plots import RunRecord, load_run
+
+__all__ = ["COLUMNS", "Comparison", "compare_command", "compare_runs", "format_table"]
+
+COLUMNS = (
+    "run",
+    "method",
+    "density",
+    "rounds",
+    "metric",
+    "final",
+    "best",
+    "MB up",
+    "MB down",
+    "FME",
+    "vs dense",
+)
+_NUMERIC = {"density", "rounds", "final", "best", "MB up", "MB down", "FME", "vs dense"}
+_MB = 1e6
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The compared runs as formatted cells, and how the dense reference was obtained.
+
+    Attributes
+    ----------
+    rows
+        One dict per run, keyed by :data:`COLUMNS`, values already formatted.
+    reductions
+        The "vs dense" ratio of each run (``None`` when it cannot be computed).
+    reference
+        One sentence saying what the ratio is measured against.
+    """
+
+    rows: list[dict[str, str]]
+    reductions: list[float | None]
+    reference: str
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _megabytes(nbytes: int) -> str:
+    mb = nbytes / _MB
+    return f"{mb:.2f}" if mb >= 1 else f"{mb:.3g}"
+
+
+def _density(record: RunRecord) -> str:
+    if record.method == "dense":
+        return "100%"
+    if record.density is None:
+        return "n/a"
+    return f"{100 * record.density:.3g}%"
+
+
+def _analytic_dense_round_bytes(record: RunRecord) -> float | None:
+    """Dense FedAvg per round: every sampled client downloads and uploads the full model."""
+    full, sampled = record.full_model_bytes, record.sampled_clients
+    if full is None or sampled is None:
+        return None
+    return 2.0 * sampled * full
+
+
+def compare_runs(records: Sequence[RunRecord]) -> Comparison:
+    """Tabulate runs: metric, traffic and reduction of traffic against dense training.
+
+    The reduction is ``dense bytes per round / this run's mean bytes per
+    round`` (up + down, over the training rounds run). The dense bytes per
+    round are those of the first compared run with mask method ``dense``, if
+    any has run a round; else each run's analytic dense FedAvg cost,
+    ``2 x clients sampled per round x full-model bytes``.
+    """
+    dense = next(
+        (r for r in records if r.method == "dense" and r.mean_round_bytes() is not None), None
+    )
+    if dense is not None:
+        reference = (
+            f"vs dense: mean bytes per round of the dense run {dense.name!r} "
+            "over this run's mean bytes per round (up + down)"
+        )
+    else:
+        reference = (
+            "vs dense: analytic dense FedAvg bytes per round (2 x clients sampled x full "
+            "float32 model) over this run's mean bytes per round (up + down)"
+        )
+    rows, reductions = [], []
+    for record in records:
+        mean = record.mean_round_bytes()
+        base = (
+            dense.mean_round_bytes() if dense is not None else _analytic_dense_round_bytes(record)
+        )
+        reduction = base / mean if base is not None and mean else None
+        reductions.append(reduction)
+        rows.append(
+            {
+                "run": record.name,
+                "method": record.method,
+                "density": _density(record),
+                "rounds": str(record.rounds_run),
+                "metric": record.metric_name(),
+                "final": _fmt(record.final(), ".4f"),
+                "best": _fmt(record.best(), ".4f"),
+                "MB up": _megabytes(record.total_bytes("up")),
+                "MB down": _megabytes(record.total_bytes("down")),
+                "FME": _fmt(record.cum_fme, ".4g"),
+                "vs dense": _fmt(reduction, ".1f", "x"),
+            }
+        )
+    return Comparison(rows=rows, reductions=reductions, reference=reference)
+
+
+def format_table(comparison: Comparison, *, markdown: bool = False) -> str:
+    """The comparison as a column-aligned text table, or a Markdown table."""
+    cells = [list(COLUMNS)] + [[row[c] for c in COLUMNS] for row in comparison.rows]
+    if markdown:
+        cells = [[c.replace("|", "\\|") for c in line] for line in cells]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+
+    def cell(text: str, i: int) -> str:
+        return text.rjust(widths[i]) if COLUMNS[i] in _NUMERIC else text.ljust(widths[i])
+
+    if markdown:
+        rule = [
+            "-" * (widths[i] - 1) + ":" if c in _NUMERIC else "-" * widths[i]
+            for i, c in enumerate(COLUMNS)
+        ]
+        lines = [cells[0], rule, *cells[1:]]
+        body = ["| " + " | ".join(cell(t, i) for i, t in enumerate(line)) + " |" for line in lines]
+        return "\n".join([*body, "", comparison.reference])
+    text = ["  ".join(cell(t, i) for i, t in enumerate(line)).rstrip() for line in cells]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([*text, "", comparison.reference])
+
+
+def compare_command(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run folders (each with config.json and metrics.jsonl).", show_default=False
+        ),
+    ],
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print a Markdown table instead of plain text.")
+    ] = False,
+) -> None:
+    """Compare runs: final and best metric, traffic, and reduction against dense FedAvg.
+
+    RUN_DIRS are run folders, each with config.json and metrics.jsonl.
+    """
+    try:
+        records = [load_run(d) for d in run_dirs]
+    except (ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    if not records:
+        typer.echo("error: no run folders given", err=True)
+        raise typer.Exit(1)
+    typer.echo(format_table(compare_runs(records), markdown=markdown))

@@ -1,0 +1,279 @@
+"""RunConfig: defaults, coercion of command-line strings, every kind of bad input, files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fish_fl.config import ConfigError, RunConfig, parse_override
+
+
+def _error(values: dict[str, Any]) -> str:
+    """The message of the ConfigError that ``values`` raise; checks it is one line."""
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_mapping(values)
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+# --------------------------------------------------------------------------
+# Defaults and reading
+# --------------------------------------------------------------------------
+def test_defaults_are_valid() -> None:
+    config = RunConfig()
+    assert config.sampled_clients == config.num_clients  # clients-per-round 0: all
+    spec = config.mask_spec()
+    assert (spec.method, spec.density, spec.seed) == ("fish", 0.005, 0)
+    assert config.optimizer_config().name == "adamw"
+    assert RunConfig.from_mapping({}) == config
+    keys = RunConfig.keys()
+    assert all("_" not in key for key in keys)
+
+
+def test_from_mapping_takes_kebab_and_snake_keys() -> None:
+    kebab = RunConfig.from_mapping(
+        {"num-clients": 4, "clients-per-round": 3, "mask-method": "random"}
+    )
+    snake = RunConfig.from_mapping(
+        {"num_clients": 4, "clients_per_round": 3, "mask_method": "random"}
+    )
+    assert kebab == snake
+    assert (kebab.num_clients, kebab.clients_per_round, kebab.sampled_clients) == (4, 3, 3)
+    assert kebab.mask_method == "random"
+
+
+def test_from_mapping_on_a_base() -> None:
+    base = RunConfig(rounds=7, lr=0.01)
+    config = RunConfig.from_mapping({"lr": "0.5"}, base=base)
+    assert (config.rounds, config.lr) == (7, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "expected"),
+    [
+        ("rounds", "25", 25),
+        ("rounds", " 25 ", 25),
+        ("seed", "0", 0),
+        ("lr", "1e-3", 1e-3),
+        ("lr", "2", 2.0),
+        ("density", "0.01", 0.01),
+        ("amp", "true", True),
+        ("amp", "Yes", True),
+        ("amp", "on", True),
+        ("amp", "1", True),
+        ("progress", "false", False),
+        ("progress", "NO", False),
+        ("progress", "off", False),
+        ("progress", "0", False),
+        ("head-patterns", "classifier, pooler,,", ("classifier", "pooler")),
+        ("head-patterns", "", ()),
+        ("task", "cola", "cola"),
+    ],
+)
+def test_strings_from_set_are_coerced(key: str, text: str, expected: Any) -> None:
+    name, value = parse_override(f"{key}={text}")
+    config = RunConfig.from_mapping({name: value})
+    got = getattr(config, key.replace("-", "_"))
+    assert got == expected and type(got) is type(expected)
+
+
+def test_native_values_are_accepted() -> None:
+    config = RunConfig.from_mapping(
+        {"rounds": 4.0, "lr": 1, "amp": True, "head-patterns": ["fc", "head"]}
+    )
+    assert config.rounds == 4 and type(config.rounds) is int
+    assert config.lr == 1.0 and type(config.lr) is float
+    assert config.amp is True and config.head_patterns == ("fc", "head")
+
+
+def test_parse_override() -> None:
+    assert parse_override(" rounds = 5 ") == ("rounds", "5")
+    assert parse_override("head-patterns=a=b") == ("head-patterns", "a=b")
+    with pytest.raises(ConfigError, match="--set expects key=value, got 'rounds'"):
+        parse_override("rounds")
+
+
+# --------------------------------------------------------------------------
+# Bad input: one line, naming the key and the value
+# --------------------------------------------------------------------------
+def test_unknown_key() -> None:
+    message = _error({"roundz": 5})
+    assert "unknown config key 'roundz'" in message and "rounds" in message
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"rounds": "ten"}, "rounds: expected an integer, got 'ten'"),
+        ({"rounds": "2.5"}, "rounds: expected an integer, got '2.5'"),
+        ({"rounds": 2.5}, "rounds: expected an integer, got 2.5"),
+        ({"rounds": True}, "rounds: expected an integer, got True"),
+        ({"rounds": None}, "rounds: expected an integer, got None"),
+        ({"lr": "fast"}, "lr: expected a number, got 'fast'"),
+        ({"lr": False}, "lr: expected a number, got False"),
+        ({"amp": "maybe"}, "amp: expected true or false, got 'maybe'"),
+        ({"amp": 1}, "amp: expected true or false, got 1"),
+        ({"task": 3}, "task: expected a string, got 3"),
+        ({"head-patterns": 5}, "head-patterns: expected a list of strings, got 5"),
+        ({"head-patterns": ["fc", 1]}, "head-patterns: expected a list of strings, got ['fc', 1]"),
+    ],
+)
+def test_wrong_type(values: dict[str, Any], expected: str) -> None:
+    assert _error(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"rounds": 0}, "rounds=0 must be >= 1"),
+        ({"num-clients": "0"}, "num-clients=0 must be >= 1"),
+        ({"seed": -1}, "seed=-1 must be >= 0"),
+        ({"density": 0}, "density=0.0 must be > 0.0"),
+        ({"density": "1.5"}, "density=1.5 must be <= 1.0"),
+        ({"lr": "-1e-3"}, "lr=-0.001 must be > 0.0"),
+        ({"lr": "nan"}, "lr=nan must be finite"),
+        ({"round-timeout": "inf"}, "round-timeout=inf must be finite"),
+        ({"momentum": 1.5}, "momentum=1.5 must be <= 1.0"),
+        ({"max-length": 4}, "max-length=4 must be >= 8"),
+        ({"budget-fme": -1}, "budget-fme=-1.0 must be >= 0.0"),
+    ],
+)
+def test_out_of_range(values: dict[str, Any], expected: str) -> None:
+    assert _error(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("partition", "stratified"),
+        ("aggregation", "median"),
+        ("update-dtype", "int8"),
+        ("optimizer", "lamb"),
+        ("fisher-kind", "exact"),
+        ("mask-source", "oracle"),
+        ("mask-assignment", "overlapping"),
+        ("data-source", "s3"),
+        ("mask-method", "supermask"),
+    ],
+)
+def test_bad_choice(key: str, value: str) -> None:
+    message = _error({key: value})
+    assert message.startswith(f"{key}={value!r} is not allowed; choose one of ")
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"rounds": 5, "warmup-rounds": 5}, "warmup-rounds=5 must be smaller than rounds=5"),
+        ({"rounds": 5, "warmup-rounds": 9}, "warmup-rounds=9 must be smaller than rounds=5"),
+        (
+            {"mask-assignment": "disjoint", "density": 0.3, "num-clients": 4},
+            "mask-assignment=disjoint with density=0.3 and num-clients=4",
+        ),
+        (
+            {"mask-assignment": "disjoint", "mask-method": "bitfit"},
+            "mask-assignment=disjoint needs a scored mask (fish, random, magnitude), "
+            "got mask-method='bitfit'",
+        ),
+        (
+            {"num-clients": 3, "clients-per-round": 4},
+            "clients-per-round=4 exceeds num-clients=3",
+        ),
+        (
+            {"num-clients": 5, "clients-per-round": 2, "min-replies": 3},
+            "min-replies=3 exceeds the 2 clients sampled per round",
+        ),
+        (
+            {"num-clients": 2, "min-replies": 3},
+            "min-replies=3 exceeds the 2 clients sampled per round",
+        ),
+        (
+            {"mask-source": "clients", "mask-method": "magnitude"},
+            "mask-source=clients computes a Fisher on the clients; it needs mask-method=fish, "
+            "got 'magnitude'",
+        ),
+        ({"data-source": "local"}, "data-source=local needs data-dir"),
+    ],
+)
+def test_inconsistent_combinations(values: dict[str, Any], expected: str) -> None:
+    assert _error(values).startswith(expected)
+
+
+def test_consistent_edges_are_accepted() -> None:
+    # The limits themselves are allowed.
+    RunConfig.from_mapping({"rounds": 5, "warmup-rounds": 4})
+    RunConfig.from_mapping({"mask-assignment": "disjoint", "density": 0.25, "num-clients": 4})
+    RunConfig.from_mapping({"num-clients": 3, "clients-per-round": 3, "min-replies": 3})
+    RunConfig.from_mapping({"mask-source": "clients", "mask-method": "fish"})
+    RunConfig.from_mapping({"data-source": "local", "data-dir": "glue"})
+
+
+def test_direct_construction_is_validated_too() -> None:
+    with pytest.raises(ConfigError, match="rounds: expected int, got '5'"):
+        RunConfig(rounds="5")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="clients-per-round=9 exceeds num-clients=2"):
+        RunConfig(clients_per_round=9)
+
+
+# --------------------------------------------------------------------------
+# Writing and files
+# --------------------------------------------------------------------------
+def test_to_dict_round_trip() -> None:
+    config = RunConfig(
+        task="cola",
+        rounds=12,
+        warmup_rounds=2,
+        lr=3e-4,
+        amp=True,
+        head_patterns=("classifier", "pooler"),
+        mask_method="random",
+        num_clients=8,
+        clients_per_round=4,
+        min_replies=2,
+    )
+    data = config.to_dict()
+    assert data["head-patterns"] == ["classifier", "pooler"]
+    assert set(data) == set(RunConfig.keys())
+    assert RunConfig.from_mapping(data) == config
+    # Through JSON (as config.json of a run folder) and back.
+    assert json.loads(config.to_json()) == data
+    assert RunConfig.from_json(config.to_json()) == config
+
+
+def test_from_toml_flat_and_run_table(tmp_path: Path) -> None:
+    flat = tmp_path / "flat.toml"
+    flat.write_text('rounds = 3\nmask-method = "random"\nhead-patterns = ["fc"]\nlr = 1\n')
+    config = RunConfig.from_toml(flat)
+    assert (config.rounds, config.mask_method, config.head_patterns) == (3, "random", ("fc",))
+    assert config.lr == 1.0
+
+    table = tmp_path / "table.toml"
+    table.write_text('title = "ignored outside [run]"\n\n[run]\nrounds = 4\ndensity = 0.01\n')
+    config = RunConfig.from_toml(table, overrides={"rounds": "6"})
+    assert (config.rounds, config.density) == (6, 0.01)
+
+
+def test_from_toml_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found: .*missing.toml"):
+        RunConfig.from_toml(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="config file not found"):
+        RunConfig.from_toml(tmp_path)  # a folder
+
+    bad = tmp_path / "bad.toml"
+    cases = [
+        (b"rounds = \n", r"bad\.toml: not valid TOML"),
+        (b"rounds 3\n", r"bad\.toml: not valid TOML"),
+        (b"\xff\xfe rounds = 3\n", r"bad\.toml: not valid TOML"),  # not UTF-8
+        (b'run = "fast"\n', r"bad\.toml: run must be a \[run\] table, got run='fast'"),
+        (b"[run]\nrounds = 0\n", r"^rounds=0 must be >= 1$"),
+        (b"[run]\nroundz = 3\n", r"^unknown config key 'roundz'"),
+    ]
+    for content, expected in cases:
+        bad.write_bytes(content)
+        with pytest.raises(ConfigError, match=expected) as err:
+            RunConfig.from_toml(bad)
+        assert "\n" not in str(err.value)
