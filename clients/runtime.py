@@ -23,10 +23,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import Tensor, nn
 
 from fish_fl import protocol as P
+from fish_fl.checkpoint import state_fingerprint
 from fish_fl.config import RunConfig
 from fish_fl.masks import Mask
 from fish_fl.models import resolve_device
-from fish_fl.task import TaskData, build_task_model, load_task_data, state_fingerprint
+from fish_fl.task import TaskData, build_task_model, load_task_data
 
 __all__ = ["NodeError", "Runtime", "SyncedModel", "runtime"]
 

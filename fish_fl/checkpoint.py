@@ -86,9 +86,7 @@ class DeltaInfo:
 def state_fingerprint(state: Mapping[str, Tensor]) -> str:
     """Content hash of a state dict (names, shapes, dtypes and bytes).
 
-    The same hash as :func:`fish_fl.task.state_fingerprint`, but it also
-    accepts zero-dimensional tensors (BatchNorm's ``num_batches_tracked``) and
-    does not import the task stack.
+    Zero-dimensional tensors (BatchNorm's ``num_batches_tracked``) included.
     """
     h = hashlib.sha256()
     for name in sorted(state):

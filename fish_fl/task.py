@@ -9,7 +9,6 @@ exchanging data.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .checkpoint import state_fingerprint
 from .config import ConfigError, RunConfig
 from .data.partition import ClientPartitions, make_client_partitions
 from .metrics import primary_metric, task_metrics
@@ -52,17 +52,6 @@ def num_labels(config: RunConfig) -> int:
 def build_task_model(config: RunConfig) -> nn.Module:
     """The base model of the run: pretrained weights, or a seeded fresh init."""
     return build_model(config.model, num_labels(config), width=config.width, seed=config.seed)
-
-
-def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
-    """Content hash of a state dict (names, shapes, dtypes and bytes)."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
 
 
 @dataclass

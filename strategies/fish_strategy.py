@@ -39,13 +39,13 @@ from torch import nn
 
 from fish_fl import protocol as P
 from fish_fl.aggregate import ClientUpdate, aggregate_updates, average_buffers
+from fish_fl.checkpoint import state_fingerprint
 from fish_fl.codec import UpdateCodec
 from fish_fl.config import RunConfig
 from fish_fl.ledger import CommLedger, paper_message_bytes
 from fish_fl.masks import Mask, build_mask, parameter_shapes, score_parameters, topk_mask
 from fish_fl.masks.assign import MaskPlan, disjoint_plan, shared_plan
 from fish_fl.runlog import RunRecorder
-from fish_fl.task import state_fingerprint
 
 __all__ = ["FishMaskStrategy", "NodeRecord", "message_bytes"]
 

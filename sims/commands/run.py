@@ -1,0 +1,79 @@
+"""``fish-fl run PRESET``: run a federated simulation and write its run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fish_fl.config import RunConfig, parse_override
+
+__all__ = ["load_preset", "preset_path", "run_command"]
+
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+def preset_path(preset: str) -> Path:
+    """A preset name (``sst2-minilm``) or a path to a TOML file."""
+    candidate = Path(preset)
+    if candidate.suffix == ".toml" or candidate.is_file():
+        return candidate
+    path = PRESETS / f"{preset}.toml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.toml")))
+        raise ValueError(f"unknown preset {preset!r}; presets: {names}")
+    return path
+
+
+def load_preset(preset: str, overrides: list[str] | None = None) -> RunConfig:
+    values = dict(parse_override(o) for o in overrides or [])
+    return RunConfig.from_toml(preset_path(preset), values)
+
+
+def run_command(
+    preset: Annotated[
+        str, typer.Argument(help="Preset name (see sims/presets) or a TOML file.")
+    ] = "sst2-minilm",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a config key: --set rounds=5 (repeatable)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<name>-<time>).")
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")
+    ] = False,
+) -> None:
+    """Run a Flower simulation (Ray backend) of a preset; print a per-round table."""
+    from strategies.server_app import default_run_dir
+
+    from ..simulate import simulate
+
+    config = load_preset(preset, set_)
+    run_dir = out or default_run_dir(config, Path(preset).stem)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ValueError(f"run folder {run_dir} exists and is not empty; choose another --out")
+    if not verbose:
+        for name in ("flwr", "ray"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    typer.echo(f"fish-fl: {preset} -> {run_dir}")
+    typer.echo(
+        f"  {config.model} on {config.task}, {config.num_clients} clients, {config.rounds} rounds, "
+        f"{config.mask_method} mask at density {config.density:g}"
+    )
+    summary = simulate(config, run_dir, verbose=verbose)
+    final = summary.get("final") or {}
+    typer.echo(
+        f"done in {summary.get('wall_time', 0):.0f}s: {final.get('metric', 'metric')} "
+        f"{final.get('score', float('nan')):.4f} after round {final.get('round', '-')}; "
+        f"run folder {run_dir}"
+    )
+    typer.echo(
+        json.dumps(
+            {"run_dir": str(run_dir), **{k: summary[k] for k in ("final", "best") if k in summary}}
+        )
+    )

@@ -1,0 +1,50 @@
+"""Run a Flower simulation of a :class:`RunConfig` (Ray backend)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from fish_fl.config import RunConfig
+
+__all__ = ["simulate"]
+
+logger = logging.getLogger(__name__)
+
+
+def simulate(config: RunConfig, run_dir: Path, *, verbose: bool = False) -> dict[str, Any]:
+    """Run ``config`` as a simulation with ``num-clients`` SuperNodes; return the summary.
+
+    The ServerApp runs in this process; ClientApps run in Ray actors with
+    ``client-num-cpus`` CPUs (and ``client-num-gpus`` GPUs) each.
+    """
+    import json
+
+    from flwr.simulation import run_simulation
+
+    from clients.client_app import app as client_app
+    from strategies.server_app import make_server_app
+
+    os.environ["FISH_FL_SIMULATION"] = "1"  # clients size their torch thread pools
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    backend_config: dict[str, Any] = {
+        "client_resources": {
+            "num_cpus": config.client_num_cpus,
+            "num_gpus": config.client_num_gpus,
+        },
+        "init_args": {"include_dashboard": False, "log_to_driver": verbose},
+    }
+    run_simulation(
+        server_app=make_server_app(config, run_dir),
+        client_app=client_app,
+        num_supernodes=config.num_clients,
+        backend_name="ray",
+        backend_config=backend_config,  # type: ignore[arg-type]
+        verbose_logging=verbose,
+    )
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise RuntimeError(f"the simulation ended without a summary in {run_dir}")
+    return dict(json.loads(summary_path.read_text()))
