@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.serde import message_to_proto
 
 from fish_fl import protocol as P
 from fish_fl.codec import UpdateCodec
@@ -87,6 +88,7 @@ def train(msg: Message, context: Context) -> Message:
             P.NUM_EXAMPLES: data.client_size(pid),
             P.TRAIN_LOSS: stats.mean_loss,
             P.METRIC_MASK_VERSION: version,
+            P.BYTES_RECEIVED: int(message_to_proto(msg).ByteSize()),
         }
     )
     return Message(RecordDict({P.ARRAYS: ArrayRecord(arrays), P.METRICS: metrics}), reply_to=msg)

@@ -56,6 +56,7 @@ CFG_ACTION = "action"  # query messages: "fisher"
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 METRIC_MASK_VERSION = "mask-version"
+BYTES_RECEIVED = "bytes-received"  # the node's own measure of the message it answered
 
 ACTION_FISHER = "fisher"
 

@@ -89,6 +89,7 @@ class _RoundStats:
     reasons: list[str] = field(default_factory=list)
     train_loss: float | None = None
     skipped: bool = False
+    bytes_received: int = 0  # as the accepted nodes measured their messages
 
 
 class FishMaskStrategy(Strategy):
@@ -421,6 +422,9 @@ class FishMaskStrategy(Strategy):
             if P.BUFFERS in arrays:
                 buffers.append(torch.from_numpy(arrays[P.BUFFERS].numpy().copy()))
                 weights.append(weight)
+            received = metrics.get(P.BYTES_RECEIVED)
+            if isinstance(received, int):
+                stats.bytes_received += received
             loss = metrics.get(P.TRAIN_LOSS)
             if isinstance(loss, (int, float)):
                 losses.append((float(loss), weight))
@@ -555,6 +559,7 @@ class FishMaskStrategy(Strategy):
             "rejected": stats.rejected,
             "rejections": stats.reasons,
             "skipped": stats.skipped,
+            "node_bytes_received": stats.bytes_received,
             "wall_time": round(time.monotonic() - self._start_time, 3),
             "round_time": round(round_time, 3),
             "k": 0 if self.plan is None else self.plan.union.k,
