@@ -148,6 +148,13 @@ class RunConfig:
     # -- optimisation ---------------------------------------------------------
     optimizer: str = field(default="adamw", metadata=_meta("optimiser", choices=("adamw", "sgd")))
     lr: float = field(default=1e-3, metadata=_meta("learning rate", gt=0.0))
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_meta(
+            "per-round learning rate: constant, or linear / cosine decay over the rounds",
+            choices=("constant", "linear", "cosine"),
+        ),
+    )
     weight_decay: float = field(
         default=0.0, metadata=_meta("weight decay of trained entries", min=0.0)
     )
@@ -211,6 +218,15 @@ class RunConfig:
         self.optimizer_config()
 
     # -- views for the core -----------------------------------------------------
+    def round_lr(self, rnd: int) -> float:
+        """The learning rate of round ``rnd`` (1-based) under ``lr-schedule``."""
+        done = (rnd - 1) / self.rounds
+        if self.lr_schedule == "linear":
+            return self.lr * (1.0 - done)
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * done))
+        return self.lr
+
     @property
     def sampled_clients(self) -> int:
         return self.clients_per_round or self.num_clients
