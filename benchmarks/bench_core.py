@@ -83,9 +83,12 @@ def minilm_case(n: int, batch: int) -> tuple[nn.Module, list[Any]]:
         sentences, labels = [f"sentence number {i}" for i in range(n)], [i % 2 for i in range(n)]
     enc = tok(sentences, padding="max_length", truncation=True, max_length=128, return_tensors="pt")
     y = torch.as_tensor(labels, dtype=torch.long)
-    inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs = {
+        k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
     return model, [
-        ({k: v[i : i + batch] for k, v in inputs.items()}, y[i : i + batch]) for i in range(0, n, batch)
+        ({k: v[i : i + batch] for k, v in inputs.items()}, y[i : i + batch])
+        for i in range(0, n, batch)
     ]
 
 
@@ -98,15 +101,17 @@ def plain_backward(model: nn.Module, batches: list[Any]) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def bench_fisher(name: str, model: nn.Module, batches: list[Any], n: int, loop_n: int) -> dict[str, Any]:
+def bench_fisher(
+    name: str, model: nn.Module, batches: list[Any], n: int, loop_n: int
+) -> dict[str, Any]:
     loop_batches = [(b[0], b[1]) for b in batches]
     # Warm-up (allocator, kernels), then measure each path.
     fisher_diagonal(model, batches[:1], n_samples=2, progress=False)
     t_fast = timed(lambda: fisher_diagonal(model, batches, n_samples=n, progress=False))
     t_plain = timed(lambda: plain_backward(model, batches))
-    t_loop = timed(
-        lambda: fisher_diagonal_reference(model, loop_batches, n_samples=loop_n)
-    ) * (n / loop_n)
+    t_loop = timed(lambda: fisher_diagonal_reference(model, loop_batches, n_samples=loop_n)) * (
+        n / loop_n
+    )
     row = {
         "case": name,
         "n": n,
@@ -120,7 +125,9 @@ def bench_fisher(name: str, model: nn.Module, batches: list[Any], n: int, loop_n
     return row
 
 
-def bench_step(name: str, model: nn.Module, batches: list[Any], density: float, steps: int) -> dict[str, Any]:
+def bench_step(
+    name: str, model: nn.Module, batches: list[Any], density: float, steps: int
+) -> dict[str, Any]:
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
@@ -137,7 +144,9 @@ def bench_step(name: str, model: nn.Module, batches: list[Any], density: float, 
     times: dict[str, list[float]] = {"dense": [], "sparse": []}
     for _ in range(steps):  # interleaved, so drifts in machine load hit both
         for label, (sparse, opt) in setups.items():
-            times[label].append(timed(lambda s=sparse, o=opt: train_steps(s, o, batches[:1], steps=1, device=CPU)))
+            times[label].append(
+                timed(lambda s=sparse, o=opt: train_steps(s, o, batches[:1], steps=1, device=CPU))
+            )
     dense_t, sparse_t = statistics.median(times["dense"]), statistics.median(times["sparse"])
     dense_state = optimizer_state_bytes(setups["dense"][1])
     sparse_state = optimizer_state_bytes(setups["sparse"][1])

@@ -25,7 +25,7 @@ def _delta_within_mask(run_dir: Path) -> None:
     """Every entry the delta changes lies inside the mask (parameters), bit-exact elsewhere."""
     mask = Mask.load(run_dir / "mask.safetensors")
     with safe_open(str(run_dir / "delta.safetensors"), framework="pt") as f:
-        names = {k.split("/", 1)[1] for k in f.keys() if k.startswith("indices/")}
+        names = {k.split("/", 1)[1] for k in f.keys() if k.startswith("indices/")}  # noqa: SIM118
         for name in names:
             if name not in mask.shapes:
                 continue  # a buffer (BatchNorm statistics), averaged every round
