@@ -22,8 +22,8 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check fish_fl strategies clients sims tests
-	$(BIN)/ruff format --check fish_fl strategies clients sims tests
+	$(BIN)/ruff check fish_fl strategies clients sims tests benchmarks
+	$(BIN)/ruff format --check fish_fl strategies clients sims tests benchmarks
 	$(BIN)/mypy
 
 clean:

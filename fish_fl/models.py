@@ -303,10 +303,37 @@ def resolve_model_source(name_or_path: str | Path) -> ModelSource:
     return ModelSource(name=name, location=name, local=False)
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence transformers' load report and progress bar, then restore them.
+
+    The report lists the new task head as missing weights, which is expected.
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(
     loader: Any, what: str, source: ModelSource, cache_dir: str | Path | None, **kwargs: Any
 ) -> Any:
     """Call ``loader.from_pretrained`` on ``source``, failing fast when offline."""
+    with _quiet_loading():
+        return _load(loader, what, source, cache_dir, **kwargs)
+
+
+def _load(
+    loader: Any, what: str, source: ModelSource, cache_dir: str | Path | None, **kwargs: Any
+) -> Any:
     if source.local:
         return loader.from_pretrained(source.location, local_files_only=True, **kwargs)
     offline = hub_offline()

@@ -35,7 +35,7 @@ def main(
     ] = SAMPLE_TRAIN_SIZE,
     seed: Annotated[int, typer.Option(help="Seed of the draw.")] = SAMPLE_SEED,
 ) -> None:
-    """Write a seeded SST-2 sample in the official GLUE layout."""
+    """Write a seeded SST-2 sample (JSON Lines) into the package resources."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         train, dev = make_sst2_sample(source, out or default_sample_dir(), train_size, seed)

@@ -15,6 +15,7 @@ its serialised protobuf and booked in a :class:`~fish_fl.ledger.CommLedger`.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,7 +35,6 @@ from flwr.app import (
 from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from torch import nn
 
 from fish_fl import protocol as P
@@ -153,6 +153,7 @@ class FishMaskStrategy(Strategy):
         self._round_stats = _RoundStats()
         self._start_time = time.monotonic()
         self.stopped_by_budget = False
+        self._rng = random.Random(config.seed)
 
     # ------------------------------------------------------------------ masks
     def summary(self) -> None:
@@ -303,9 +304,22 @@ class FishMaskStrategy(Strategy):
         )
 
     def _sample(self, grid: Grid) -> list[int]:
+        """Wait for ``num-clients`` nodes, then sample from the run's seeded generator."""
+        waited = 0.0
+        while len(nodes := sorted(grid.get_node_ids())) < self.config.num_clients:
+            if waited >= self.config.round_timeout:
+                raise RuntimeError(
+                    f"only {len(nodes)} of num-clients={self.config.num_clients} nodes connected "
+                    f"after {waited:.0f}s"
+                )
+            if waited % 30 == 0:
+                logger.info(
+                    "waiting for nodes: %d of %d connected", len(nodes), self.config.num_clients
+                )
+            time.sleep(1.0)
+            waited += 1.0
         n = self.config.sampled_clients
-        sampled, _ = sample_nodes(grid, self.config.num_clients, n)
-        return sorted(sampled)
+        return sorted(nodes) if n >= len(nodes) else sorted(self._rng.sample(nodes, n))
 
     def _build_messages(self, rnd: int, grid: Grid, message_type: str) -> list[Message]:
         messages = []

@@ -174,8 +174,13 @@ def test_embedded_sample_is_regenerated_exactly(
 ) -> None:
     train, dev = make_sst2_sample(shared_data / "glue" / "SST-2", tmp_path)
     shipped = project_root / "fish_fl" / "resources" / "sst2_sample"
-    assert train.read_bytes() == (shipped / "train.tsv").read_bytes()
-    assert dev.read_bytes() == (shipped / "dev.tsv").read_bytes()
+    assert train.read_bytes() == (shipped / "train.jsonl").read_bytes()
+    assert dev.read_bytes() == (shipped / "dev.jsonl").read_bytes()
+    # The embedded dev set is the official one, sentence for sentence.
+    official = load_glue("sst2", shared_data / "glue" / "SST-2").dev
+    embedded = load_glue("sst2", "embedded").dev
+    assert embedded.text_a == official.text_a
+    assert np.array_equal(embedded.labels, official.labels)
     assert train.stat().st_size + dev.stat().st_size < 1_000_000
 
 

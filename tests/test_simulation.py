@@ -137,3 +137,20 @@ def test_flower_app_config_is_a_valid_run_config(project_root: Path) -> None:
     }
     config = RunConfig.from_mapping(app["config"])
     assert config == load_preset("sst2-minilm").replace(out_dir=config.out_dir)
+
+
+def test_flower_app_bundle_carries_the_embedded_sample(project_root: Path) -> None:
+    """`flwr run` ships a FAB to every node: it must hold the code and the sample."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    fab = build_fab_from_disk(project_root)
+    names = set(zipfile.ZipFile(io.BytesIO(fab)).namelist())
+    assert {
+        "fish_fl/resources/sst2_sample/train.jsonl",
+        "fish_fl/resources/sst2_sample/dev.jsonl",
+    } <= names
+    assert {"strategies/server_app.py", "clients/client_app.py", "fish_fl/fisher.py"} <= names
+    assert len(fab) < 10 * 2**20

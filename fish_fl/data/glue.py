@@ -9,7 +9,7 @@ spellings such as ``SST-2``, ``STS-B`` or ``mnli_mismatched`` are accepted.
 Sources (:func:`load_glue`):
 
 * ``"hub"`` -- the ``nyu-mll/glue`` data set through ``datasets``, online;
-* ``"embedded"`` -- the small SST-2 sample shipped in
+* ``"embedded"`` -- the small SST-2 sample shipped as JSON Lines in
   ``fish_fl/resources/sst2_sample`` (task ``sst2`` only), so a demo needs
   neither network nor a local copy of GLUE;
 * a folder in the official GLUE TSV layout, either the GLUE root
@@ -27,6 +27,7 @@ batch to the longest sequence by :class:`TextCollator`.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import re
@@ -505,9 +506,26 @@ def _load_embedded(spec: GlueTask) -> GlueSplits:
             "local GLUE folder"
         )
     folder = embedded_sample_dir()
-    train = read_glue_tsv(folder.joinpath("train.tsv"), spec)
-    dev = read_glue_tsv(folder.joinpath("dev.tsv"), spec)
-    return GlueSplits(task=spec, train=train, dev=dev)
+    return GlueSplits(
+        task=spec,
+        train=_read_sample(folder.joinpath("train.jsonl"), spec),
+        dev=_read_sample(folder.joinpath("dev.jsonl"), spec),
+    )
+
+
+def _read_sample(source: Traversable, spec: GlueTask) -> TextSplit:
+    """One JSON Lines file of the embedded sample: ``{"sentence", "label"}`` per line."""
+    if not source.is_file():
+        raise FileNotFoundError(f"embedded sample file {str(source)!r} does not exist")
+    sentences, labels = [], []
+    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+            sentences.append(str(row["sentence"]))
+            labels.append(int(row["label"]))
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{source}: line {number} is not a sample record") from None
+    return TextSplit(spec.name, sentences, None, np.asarray(labels, dtype=np.int64))
 
 
 def _hub_split(spec: GlueTask, data: Any) -> TextSplit:

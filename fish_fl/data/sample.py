@@ -1,15 +1,20 @@
 """The embedded SST-2 sample: a small real GLUE task inside the package.
 
-``fish_fl/resources/sst2_sample/{train,dev}.tsv`` hold 4,000 training
+``fish_fl/resources/sst2_sample/{train,dev}.jsonl`` hold 4,000 training
 sentences of GLUE SST-2 chosen with a fixed seed and the full 872-sentence
-dev set, in the official TSV layout (header ``sentence<TAB>label``), so the
+dev set, one JSON object ``{"sentence": ..., "label": ...}`` per line, so the
 demo runs with neither network nor a local copy of GLUE:
 ``load_glue("sst2", source="embedded")``. :func:`make_sst2_sample`
 regenerates the files from the full SST-2 files (``sims/make_sample.py``).
+
+JSON Lines rather than the GLUE TSV layout because a Flower App Bundle (what
+``flwr run`` ships to every node) carries ``.json``/``.jsonl`` files but not
+``.tsv`` ones.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -32,14 +37,12 @@ def default_sample_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "resources" / "sst2_sample"
 
 
-def _read_lines(path: Path) -> list[str]:
-    with path.open("r", encoding="utf-8", newline="") as handle:
-        return [line.rstrip("\r\n") for line in handle if line.strip()]
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        handle.writelines(line + "\n" for line in lines)
+def _write_jsonl(path: Path, sentences: list[str], labels: list[int]) -> None:
+    with path.open("w", encoding="utf-8", newline="\n") as handle:
+        for sentence, label in zip(sentences, labels, strict=True):
+            handle.write(
+                json.dumps({"sentence": sentence, "label": int(label)}, ensure_ascii=False) + "\n"
+            )
 
 
 def make_sst2_sample(
@@ -48,10 +51,10 @@ def make_sst2_sample(
     train_size: int = SAMPLE_TRAIN_SIZE,
     seed: int = SAMPLE_SEED,
 ) -> tuple[Path, Path]:
-    """Write a seeded sample of SST-2 in the official GLUE layout.
+    """Write a seeded sample of SST-2 as JSON Lines.
 
-    The chosen training lines are copied byte for byte, in their original
-    order; the dev file is copied whole.
+    The chosen training sentences keep their original order and text; the
+    dev set is copied whole.
 
     Parameters
     ----------
@@ -68,7 +71,7 @@ def make_sst2_sample(
     Returns
     -------
     tuple of pathlib.Path
-        The written ``train.tsv`` and ``dev.tsv``.
+        The written ``train.jsonl`` and ``dev.jsonl``.
 
     Raises
     ------
@@ -79,18 +82,17 @@ def make_sst2_sample(
     """
     src = Path(sst2_dir)
     spec = get_task("sst2")
-    train_src, dev_src = src / "train.tsv", src / "dev.tsv"
-    for file in (train_src, dev_src):
-        read_glue_tsv(file, spec)  # checks existence and layout
-    train_lines = _read_lines(train_src)
-    header, rows = train_lines[0], train_lines[1:]
-    if not 0 < train_size <= len(rows):
-        raise ValueError(f"train_size must lie in [1, {len(rows)}], got {train_size}")
-    chosen = np.sort(np.random.default_rng(seed).choice(len(rows), size=train_size, replace=False))
+    train = read_glue_tsv(src / "train.tsv", spec)
+    dev = read_glue_tsv(src / "dev.tsv", spec)
+    if not 0 < train_size <= len(train):
+        raise ValueError(f"train_size must lie in [1, {len(train)}], got {train_size}")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(train), size=train_size, replace=False))
     out = Path(out_dir) if out_dir is not None else default_sample_dir()
     out.mkdir(parents=True, exist_ok=True)
-    train_out, dev_out = out / "train.tsv", out / "dev.tsv"
-    _write_lines(train_out, [header, *(rows[i] for i in chosen)])
-    _write_lines(dev_out, _read_lines(dev_src))
+    train_out, dev_out = out / "train.jsonl", out / "dev.jsonl"
+    _write_jsonl(
+        train_out, [train.text_a[i] for i in chosen], [int(train.labels[i]) for i in chosen]
+    )
+    _write_jsonl(dev_out, list(dev.text_a), [int(v) for v in dev.labels])
     logger.info("wrote %d train and the full dev set of SST-2 to %s", train_size, out)
     return train_out, dev_out
