@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data.batch import forward_logits
+
 __all__ = [
     "FisherKind",
     "Likelihood",
@@ -94,12 +96,10 @@ def _to_device(inputs: Any, device: torch.device) -> Any:
 
 
 def _forward(model: nn.Module, inputs: Any) -> Tensor:
-    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-    logits = getattr(out, "logits", out)
-    if not isinstance(logits, Tensor):
-        raise ValueError(
-            f"model output must be a Tensor or have a .logits Tensor, got {type(out).__name__}"
-        )
+    try:
+        logits = forward_logits(model, dict(inputs) if isinstance(inputs, Mapping) else inputs)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
     if logits.dim() == 1:
         logits = logits.unsqueeze(-1)
     return logits

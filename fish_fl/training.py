@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data.batch import forward_logits, move_batch
 from .masks import Mask
 
 __all__ = [
@@ -217,31 +218,11 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     )
 
 
-def _forward(model: nn.Module, inputs: Any) -> Tensor:
-    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-    return getattr(out, "logits", out)
-
-
 def task_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy for class targets, mean squared error for a single-output head."""
     if logits.dim() == 2 and logits.shape[-1] == 1 and targets.is_floating_point():
         return F.mse_loss(logits[:, 0].float(), targets.float())
     return F.cross_entropy(logits.float(), targets.long())
-
-
-def _to(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, Tensor):
-        return inputs.to(device, non_blocking=True)
-    return {
-        k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v)
-        for k, v in inputs.items()
-    }
-
-
-def _batch_len(inputs: Any) -> int:
-    if isinstance(inputs, Tensor):
-        return int(inputs.shape[0])
-    return int(next(v for v in inputs.values() if isinstance(v, Tensor)).shape[0])
 
 
 @dataclass
@@ -288,12 +269,11 @@ def train_steps(
     total_loss, examples = 0.0, 0
     stream = _cycle(batches)
     for _ in range(steps):
-        inputs, targets = next(stream)
-        inputs, targets = _to(inputs, device), targets.to(device)
+        inputs, targets = move_batch(next(stream), device, non_blocking=True)
         # 1. forward and backward as usual: gradients land on the parameters.
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
         with ctx:
-            loss = loss_fn(_forward(model, inputs), targets)
+            loss = loss_fn(forward_logits(model, inputs), targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is not finite ({loss.item()})")
         sparse.zero_grad()
@@ -305,7 +285,7 @@ def train_steps(
         # 3. step the k values and write them back; nothing else is touched.
         optimizer.step()
         sparse.write_back()
-        n = _batch_len(inputs)
+        n = int(targets.shape[0])
         total_loss += float(loss.detach()) * n
         examples += n
     sparse.zero_grad()
@@ -327,9 +307,9 @@ def evaluate(
     model.eval()
     outs, tgts, total, n = [], [], 0.0, 0
     try:
-        for inputs, targets in batches:
-            inputs, targets = _to(inputs, device), targets.to(device)
-            logits = _forward(model, inputs).float()
+        for batch in batches:
+            inputs, targets = move_batch(batch, device)
+            logits = forward_logits(model, inputs).float()
             total += float(task_loss(logits, targets)) * int(targets.shape[0])
             n += int(targets.shape[0])
             outs.append(logits.cpu())
