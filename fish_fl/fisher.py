@@ -213,21 +213,39 @@ def _flat_middle(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
-def _square_sum_bmm(left: Tensor, right: Tensor) -> Tensor:
+def _square_sum_bmm(left: Tensor, right: Tensor, active: Tensor | None = None) -> Tensor:
     """``sum_b (left_b @ right_b)^2`` for ``left [B, O, L]``, ``right [B, L, I]``.
 
     Per-example products are formed a few examples at a time in one reused
     buffer (about 32 MB), squared in place and summed: the cost is the batched
     weight gradient's multiply-adds plus one pass over the per-example block.
+
+    ``active [B, L]`` marks the positions that can contribute (padding tokens
+    get exactly zero gradient): examples are taken in order of their active
+    span and each chunk is cut to the span it needs, which skips padding.
     """
     b, o, i = left.shape[0], left.shape[1], right.shape[2]
     chunk = max(1, min(b, (32 * 2**20) // max(1, 4 * o * i)))
     acc = left.new_zeros(o, i)
     buf = left.new_empty(chunk, o, i)
+    order: Tensor | None = None
+    if active is not None:
+        positions = torch.arange(active.shape[1], device=active.device)
+        first = torch.where(active, positions, active.shape[1]).amin(1)
+        last = torch.where(active, positions, -1).amax(1)
+        order = torch.argsort(last - first, stable=True)
     for lo in range(0, b, chunk):
         hi = min(b, lo + chunk)
+        if order is None:
+            lhs, rhs = left[lo:hi], right[lo:hi]
+        else:
+            rows = order[lo:hi]
+            start, stop = int(first[rows].min()), int(last[rows].max()) + 1
+            if stop <= start:
+                continue  # nothing active: these examples contribute zero
+            lhs, rhs = left[rows, :, start:stop], right[rows, start:stop]
         out = buf[: hi - lo]
-        torch.bmm(left[lo:hi], right[lo:hi], out=out)
+        torch.bmm(lhs, rhs, out=out)
         acc.add_(out.square_().sum(0))
     return acc
 
@@ -246,7 +264,8 @@ def _linear_squares(m: nn.Module, x: Tensor, g: Tensor) -> dict[str, Tensor]:
         out = {"weight": g.pow(2).t() @ x.pow(2)}
     else:
         x3, g3 = _flat_middle(x), _flat_middle(g)
-        out = {"weight": _square_sum_bmm(g3.transpose(1, 2), x3)}
+        active = g3.abs().amax(-1) > 0
+        out = {"weight": _square_sum_bmm(g3.transpose(1, 2), x3, active)}
     if getattr(m, "bias", None) is not None:
         out["bias"] = _flat_middle(g).sum(1).pow(2).sum(0)
     return out
