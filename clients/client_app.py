@@ -69,7 +69,8 @@ def train(msg: Message, context: Context) -> Message:
     stats = train_steps(
         sparse,
         optimizer,
-        data.client_loader(pid, seed=int(cfg[P.CFG_SEED])),  # type: ignore[arg-type]
+        # The data order depends on the round and the partition, not on node ids.
+        data.client_loader(pid, seed=int(cfg[P.CFG_SEED]) * 7919 + pid),  # type: ignore[arg-type]
         steps=int(cfg[P.CFG_LOCAL_STEPS]),  # type: ignore[arg-type]
         device=synced.device,
         grad_clip=opt_config.grad_clip,

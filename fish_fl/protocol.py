@@ -49,7 +49,7 @@ CFG_BASE_VERSION = "base-version"
 CFG_BASE_FINGERPRINT = "base-fingerprint"
 CFG_LOCAL_STEPS = "local-steps"
 CFG_LR = "lr"
-CFG_SEED = "seed"  # seed of this round's data order on this node
+CFG_SEED = "seed"  # seed of this round's data order (nodes mix in their partition id)
 CFG_ACTION = "action"  # query messages: "fisher"
 
 # -- metrics -------------------------------------------------------------------

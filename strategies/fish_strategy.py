@@ -275,7 +275,7 @@ class FishMaskStrategy(Strategy):
             P.CFG_BASE_FINGERPRINT: self.base_fingerprint,
             P.CFG_LOCAL_STEPS: self.config.local_steps,
             P.CFG_LR: self.config.round_lr(rnd),
-            P.CFG_SEED: self.config.seed * 1_000_003 + rnd * 1009 + rec.slot,
+            P.CFG_SEED: self.config.seed * 1_000_003 + rnd * 1009,
         }
         if not rec.has_config:
             cfg[P.CFG_RUN_CONFIG] = self.config.to_json()

@@ -49,11 +49,12 @@ class InProcessGrid:
     contexts: dict[int, Context] = field(default_factory=dict)
     traffic: list[Traffic] = field(default_factory=list)
     fail: set[tuple[int, int]] = field(default_factory=set)  # (round, partition) that raise
+    node_ids: list[int] | None = None  # node id of each partition (default 1000 + id)
 
     def __post_init__(self) -> None:
         set_identity()
         for pid in range(self.num_nodes):
-            node_id = 1000 + pid
+            node_id = self.node_ids[pid] if self.node_ids else 1000 + pid
             self.contexts[node_id] = Context(
                 run_id=1,
                 node_id=node_id,

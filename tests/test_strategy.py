@@ -290,3 +290,12 @@ def test_constructed_reply_without_node_is_rejected(shared_data: Path) -> None:
     strategy._sent.pop(messages[0].metadata.dst_node_id)
     arrays, _ = strategy.aggregate_train(1, [stray])
     assert arrays is None and strategy._round_stats.rejected == 1
+
+
+def test_run_is_reproducible_whatever_the_node_ids(shared_data: Path) -> None:
+    config = tiny_vision_config(shared_data, rounds=2)
+    first = make_strategy(config)
+    first.start(InProcessGrid(2))
+    second = make_strategy(config)
+    second.start(InProcessGrid(2, node_ids=[7, 3]))  # other ids, other order
+    assert torch.equal(first.values, second.values)
