@@ -95,6 +95,16 @@ class RunConfig:
         default="float32",
         metadata=_meta("uplink value dtype", choices=("float32", "float16", "bfloat16")),
     )
+    max_update_norm: float = field(
+        default=0.0, metadata=_meta("bound on a client update's L2 norm (0: none)", min=0.0)
+    )
+    norm_policy: str = field(
+        default="reject",
+        metadata=_meta(
+            "an update above max-update-norm is rejected or clipped to it",
+            choices=("reject", "clip"),
+        ),
+    )
     min_replies: int = field(
         default=1, metadata=_meta("valid replies needed to update the model", min=1)
     )

@@ -87,6 +87,8 @@ class _RoundStats:
     replies: int = 0
     rejected: int = 0
     reasons: list[str] = field(default_factory=list)
+    missing: int = 0  # nodes sent a message that did not answer in time
+    clipped: int = 0
     train_loss: float | None = None
     skipped: bool = False
     bytes_received: int = 0  # as the accepted nodes measured their messages
@@ -347,8 +349,8 @@ class FishMaskStrategy(Strategy):
         return self._build_messages(server_round, grid, MessageType.TRAIN)
 
     # ------------------------------------------------------------- validation
-    def _validate(self, reply: Message, sent: _Sent | None) -> str | None:
-        """Why a training reply must be rejected, or None if it is sound."""
+    def _check(self, reply: Message, sent: _Sent | None) -> str | torch.Tensor:
+        """The decoded update of a sound training reply, or why it must be rejected."""
         if sent is None:
             return "reply from a node that was not sent a message this round"
         if reply.has_error():
@@ -370,7 +372,12 @@ class FishMaskStrategy(Strategy):
         if version != sent.mask_version:
             return f"stale mask version {version!r}, expected {sent.mask_version}"
         try:
-            self.codec.decode(arrays[P.UPDATE].numpy(), expected=sent.k)
+            delta = self.codec.decode(arrays[P.UPDATE].numpy(), expected=sent.k)
+            bound = self.config.max_update_norm
+            if bound > 0 and self.config.norm_policy == "reject":
+                norm = float(delta.double().norm())
+                if norm > bound:
+                    return f"update norm {norm:.4g} exceeds max-update-norm={bound:g}"
             if P.BUFFERS in arrays:
                 buf = arrays[P.BUFFERS].numpy()
                 expected = P.flat_buffers(self.model).numel()
@@ -382,7 +389,7 @@ class FishMaskStrategy(Strategy):
                     raise ValueError(f"buffers must be {expected} finite float32 values")
         except ValueError as e:
             return str(e)
-        return None
+        return delta
 
     def _forget(self, node_id: int, reason: str) -> None:
         """A node lost its base or mask: send it again next time."""
@@ -403,8 +410,10 @@ class FishMaskStrategy(Strategy):
         stats = _RoundStats()
         updates: list[ClientUpdate] = []
         buffers, weights, losses = [], [], []
+        answered: set[int] = set()
         for reply in replies:
             node_id = reply.metadata.src_node_id
+            answered.add(node_id)
             stats.replies += 1
             size = message_bytes(reply)
             sent = self._sent.get(node_id)
@@ -414,8 +423,9 @@ class FishMaskStrategy(Strategy):
                 else 0
             )
             self.ledger.record_up(server_round, size, paper_bytes=paper)
-            reason = self._validate(reply, sent)
-            if reason is not None:
+            checked = self._check(reply, sent)
+            if isinstance(checked, str):
+                reason = checked
                 if node_id in self.nodes and reply.has_error():
                     self._forget(node_id, reply.error.reason or "")
                 stats.rejected += 1
@@ -425,13 +435,26 @@ class FishMaskStrategy(Strategy):
                 )
                 continue
             assert sent is not None
+            delta = checked
             rec = self.nodes[node_id]
             rec.has_config = True
             rec.base_version, rec.mask_version = sent.base_version, sent.mask_version
             arrays = reply.content.array_records[P.ARRAYS]
             metrics = reply.content.metric_records[P.METRICS]
             weight = float(metrics[P.NUM_EXAMPLES])  # type: ignore[arg-type]
-            delta = self.codec.decode(arrays[P.UPDATE].numpy(), expected=sent.k)
+            bound = self.config.max_update_norm
+            if bound > 0 and self.config.norm_policy == "clip":
+                norm = float(delta.double().norm())
+                if norm > bound:
+                    delta = delta * (bound / norm)
+                    stats.clipped += 1
+                    logger.info(
+                        "round %d: clipped the update of node %d from norm %.4g to %g",
+                        server_round,
+                        node_id,
+                        norm,
+                        bound,
+                    )
             updates.append(ClientUpdate(delta, sent.positions, weight))
             if P.BUFFERS in arrays:
                 buffers.append(torch.from_numpy(arrays[P.BUFFERS].numpy().copy()))
@@ -442,6 +465,11 @@ class FishMaskStrategy(Strategy):
             loss = metrics.get(P.TRAIN_LOSS)
             if isinstance(loss, (int, float)):
                 losses.append((float(loss), weight))
+        stats.missing = len(set(self._sent) - answered)
+        if stats.missing:
+            logger.warning(
+                "round %d: %d node(s) did not answer in time", server_round, stats.missing
+            )
         if losses:
             stats.train_loss = sum(v * w for v, w in losses) / sum(w for _, w in losses)
         self._round_stats = stats
@@ -573,6 +601,8 @@ class FishMaskStrategy(Strategy):
             "rejected": stats.rejected,
             "rejections": stats.reasons,
             "skipped": stats.skipped,
+            "missing": stats.missing,
+            "clipped": stats.clipped,
             "node_bytes_received": stats.bytes_received,
             "wall_time": round(time.monotonic() - self._start_time, 3),
             "round_time": round(round_time, 3),

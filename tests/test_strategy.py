@@ -118,6 +118,8 @@ def _bad(kind: str):
             metrics[P.NUM_EXAMPLES] = 0
         elif kind == "extra-key":
             arrays["extra"] = Array(np.zeros(3, np.float32))
+        elif kind == "huge":
+            arrays[P.UPDATE] = Array(np.full_like(update, 1e3))
         elif kind == "missing-metrics":
             return Message(RecordDict({P.ARRAYS: arrays}), reply_to=msg)
         return reply
@@ -135,12 +137,13 @@ def _bad(kind: str):
         ("examples", "num-examples must be a positive integer"),
         ("extra-key", "expected arrays"),
         ("missing-metrics", "expected records"),
+        ("huge", "exceeds max-update-norm=10000"),
     ],
 )
 def test_bad_reply_rejected_round_goes_on(
     shared_data: Path, caplog: pytest.LogCaptureFixture, kind: str, reason: str
 ) -> None:
-    config = tiny_vision_config(shared_data, rounds=1)
+    config = tiny_vision_config(shared_data, rounds=1, max_update_norm=1e4)
     strategy = make_strategy(config)
     grid = InProcessGrid(2, tamper=_bad(kind))
     with caplog.at_level(logging.WARNING):
@@ -299,3 +302,27 @@ def test_run_is_reproducible_whatever_the_node_ids(shared_data: Path) -> None:
     second = make_strategy(config)
     second.start(InProcessGrid(2, node_ids=[7, 3]))  # other ids, other order
     assert torch.equal(first.values, second.values)
+
+
+def test_update_norm_clipped(shared_data: Path) -> None:
+    config = tiny_vision_config(shared_data, rounds=1, max_update_norm=1e-3, norm_policy="clip")
+    strategy = make_strategy(config)
+    strategy.start(InProcessGrid(2, tamper=_bad("huge")))
+    stats = strategy._round_stats
+    assert stats.rejected == 0 and stats.clipped == 2
+    moved = (strategy.values - strategy.base_values).double().norm()
+    assert 0 < float(moved) <= 1e-3 * (1 + 1e-6)  # a mean of two clipped updates
+
+
+def test_missing_replies_counted(shared_data: Path) -> None:
+    config = tiny_vision_config(shared_data, rounds=1)
+    strategy = make_strategy(config)
+    grid = InProcessGrid(2)
+    original = grid.send_and_receive
+
+    def lossy(messages, *, timeout=None):  # node 1001's reply never arrives
+        return [r for r in original(messages, timeout=timeout) if r.metadata.src_node_id != 1001]
+
+    grid.send_and_receive = lossy  # type: ignore[method-assign]
+    strategy.start(grid)
+    assert strategy._round_stats.missing == 1 and strategy._round_stats.replies == 1
