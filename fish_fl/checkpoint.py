@@ -31,6 +31,7 @@ __all__ = [
     "DeltaInfo",
     "apply_sparse_delta",
     "read_delta_info",
+    "read_delta_metadata",
     "save_sparse_delta",
     "state_fingerprint",
 ]
@@ -231,9 +232,11 @@ def save_sparse_delta(
     return info
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
+def read_delta_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a delta file (base name and fingerprint, counts, extras)."""
     from safetensors import safe_open
 
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sparse delta file not found: {path}")
     try:
@@ -249,7 +252,7 @@ def _read_metadata(path: Path) -> dict[str, str]:
 def read_delta_info(path: str | Path) -> DeltaInfo:
     """The :class:`DeltaInfo` of an existing delta file, from its metadata."""
     path = Path(path)
-    meta = _read_metadata(path)
+    meta = read_delta_metadata(path)
     total = int(meta["total"])
     return DeltaInfo(
         path=path,
@@ -279,7 +282,7 @@ def apply_sparse_delta(base_model: nn.Module, path: str | Path) -> nn.Module:
     from safetensors import safe_open
 
     path = Path(path)
-    meta = _read_metadata(path)
+    meta = read_delta_metadata(path)
     state = base_model.state_dict()
     expected, actual = meta["base_fingerprint"], state_fingerprint(state)
     if expected != actual:

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from .commands.compare import compare_command
+from .commands.export import apply_command, export_command
 from .commands.plot import plot_command
 from .commands.run import run_command
 
@@ -22,6 +23,8 @@ app = typer.Typer(
 app.command("run")(run_command)
 app.command("plot")(plot_command)
 app.command("compare")(compare_command)
+app.command("export")(export_command)
+app.command("apply")(apply_command)
 
 
 def main() -> None:

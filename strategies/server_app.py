@@ -58,7 +58,11 @@ def run_server(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, Any]:
     # The trained model as a sparse delta from the base every node started from.
     base = build_task_model(config)
     info = save_sparse_delta(
-        model.cpu(), base, run_dir / "delta.safetensors", base_name=config.model
+        model.cpu(),
+        base,
+        run_dir / "delta.safetensors",
+        base_name=config.model,
+        metadata={"run-config": config.to_json()},
     )
     summary = recorder.finish(
         {

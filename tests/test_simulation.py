@@ -55,6 +55,35 @@ def test_ray_simulation_two_clients(
     _delta_within_mask(run_dir)
     assert summary["final"]["round"] == 2
     assert (run_dir / "accuracy_vs_communication.png").stat().st_size > 1000
+    _export_and_apply(run_dir, tmp_path)
+
+
+def _export_and_apply(run_dir: Path, tmp_path: Path) -> None:
+    """`fish-fl export` and `fish-fl apply` on a finished run."""
+    from fish_fl.checkpoint import read_delta_info
+    from sims.commands.export import apply_command, export_command
+
+    export_command(run_dir, out=tmp_path / "d32.safetensors", index_dtype="int32")
+    small, large = (
+        read_delta_info(tmp_path / "d32.safetensors"),
+        read_delta_info(run_dir / "delta.safetensors"),
+    )
+    assert small.changed == large.changed and small.file_bytes < large.file_bytes
+    apply_command(tmp_path / "d32.safetensors", out=tmp_path / "model")
+    from safetensors.torch import load_file
+
+    from fish_fl.config import RunConfig
+    from fish_fl.task import build_task_model
+
+    config = RunConfig.from_json((run_dir / "config.json").read_text())
+    state = load_file(str(tmp_path / "model" / "model.safetensors"))
+    base = build_task_model(config)
+    mask = Mask.load(run_dir / "mask.safetensors")
+    for name, p in base.named_parameters():
+        keep = mask.to_bool(name)
+        assert torch.equal(state[name][~keep], p.detach()[~keep]), name
+    with pytest.raises(ValueError, match="fingerprint"):
+        apply_command(run_dir / "delta.safetensors", out=tmp_path / "wrong", base="resnet34")
 
 
 @pytest.mark.slow
