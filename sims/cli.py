@@ -11,6 +11,7 @@ from .commands.compare import compare_command
 from .commands.export import apply_command, export_command
 from .commands.plot import plot_command
 from .commands.run import run_command
+from .commands.sweep import sweep_command
 
 app = typer.Typer(
     name="fish-fl",
@@ -25,6 +26,7 @@ app.command("plot")(plot_command)
 app.command("compare")(compare_command)
 app.command("export")(export_command)
 app.command("apply")(apply_command)
+app.command("sweep")(sweep_command)
 
 
 def main() -> None:
