@@ -25,10 +25,16 @@ from fish_fl import protocol as P
 from fish_fl.codec import UpdateCodec
 from fish_fl.config import RunConfig
 from fish_fl.fisher import fisher_diagonal
-from fish_fl.task import evaluate_model
+from fish_fl.task import TaskData, evaluate_model
 from fish_fl.training import SparseParameters, make_optimizer, train_steps
 
-from .runtime import load_optimizer, runtime, save_optimizer
+from .runtime import (
+    load_optimizer,
+    load_optimizer_file,
+    runtime,
+    save_optimizer,
+    save_optimizer_file,
+)
 
 __all__ = ["app"]
 
@@ -49,6 +55,18 @@ def _partition(context: Context, config: RunConfig) -> int:
     return pid
 
 
+def _data(context: Context, config: RunConfig) -> TaskData:
+    """The node's data: the run's, or from the node's own ``data-dir`` if its node config sets one.
+
+    A device can keep its data set wherever it likes (``flower-supernode
+    --node-config "partition-id=0 num-partitions=2 data-dir='/data/cifar.npz'"``).
+    """
+    local = context.node_config.get("data-dir")
+    if isinstance(local, str) and local and local != config.data_dir:
+        config = config.replace(data_dir=local)
+    return runtime.task_data(config)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     synced = runtime.sync(msg.content, context.state)
@@ -56,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
     assert mask is not None
     cfg = msg.content.config_records[P.CONFIG]
     pid = _partition(context, config)
-    data = runtime.task_data(config)
+    data = _data(context, config)
     version = int(cfg[P.CFG_MASK_VERSION])  # type: ignore[arg-type]
 
     sparse = SparseParameters(synced.model, mask)
@@ -64,20 +82,34 @@ def train(msg: Message, context: Context) -> Message:
     optimizer = make_optimizer(sparse, opt_config)
     for group in optimizer.param_groups:
         group["lr"] = float(cfg[P.CFG_LR])  # type: ignore[arg-type]
-    if config.persist_optimizer:
-        load_optimizer(context.state, optimizer, version)
-    stats = train_steps(
-        sparse,
-        optimizer,
-        # The data order depends on the round and the partition, not on node ids.
-        data.client_loader(pid, seed=int(cfg[P.CFG_SEED]) * 7919 + pid),  # type: ignore[arg-type]
-        steps=int(cfg[P.CFG_LOCAL_STEPS]),  # type: ignore[arg-type]
-        device=synced.device,
-        grad_clip=opt_config.grad_clip,
-        amp=config.amp,
-    )
+    rnd = int(cfg[P.CFG_ROUND])  # type: ignore[arg-type]
+    run_key = str(cfg.get(P.CFG_RUN_KEY, ""))
+    # A resumed run starts with fresh node state: the disk copy carries it over.
+    if (
+        config.persist_optimizer
+        and not load_optimizer(context.state, optimizer, version)
+        and run_key
+    ):
+        load_optimizer_file(run_key, pid, rnd, optimizer, version)
+    # The data order and dropout depend on the round and the partition, not on
+    # node ids or on what this process ran before.
+    seed = int(cfg[P.CFG_SEED]) * 7919 + pid  # type: ignore[arg-type]
+    devices = [synced.device] if synced.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        stats = train_steps(
+            sparse,
+            optimizer,
+            data.client_loader(pid, seed=seed),
+            steps=int(cfg[P.CFG_LOCAL_STEPS]),  # type: ignore[arg-type]
+            device=synced.device,
+            grad_clip=opt_config.grad_clip,
+            amp=config.amp,
+        )
     if config.persist_optimizer:
         save_optimizer(context.state, optimizer, version)
+        if run_key:
+            save_optimizer_file(run_key, pid, rnd, optimizer, version)
 
     update = sparse.values() - synced.values
     arrays = {P.UPDATE: Array(UpdateCodec(config.update_dtype).encode(update))}
@@ -99,7 +131,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     synced = runtime.sync(msg.content, context.state)
     pid = _partition(context, synced.config)
-    data = runtime.task_data(synced.config)
+    data = _data(context, synced.config)
     metrics = evaluate_model(
         synced.model, data.local_calibration_loader(pid), data.metric_task, synced.device
     )
@@ -115,7 +147,7 @@ def query(msg: Message, context: Context) -> Message:
     synced = runtime.sync(msg.content, context.state, with_mask=False)
     config = synced.config
     pid = _partition(context, config)
-    data = runtime.task_data(config)
+    data = _data(context, config)
     n = min(config.fisher_samples, data.client_size(pid))
     model = synced.model
     for p in model.parameters():

@@ -5,6 +5,9 @@ model instance, the run's data, and at most two base models (flat float32
 vectors, also cached on disk so that another process on the same machine
 finds them). Per node, ``context.state`` keeps only small things: the run
 config, the node's mask (compact encoding) and its optimiser state (O(k)).
+The optimiser state is also written to disk after every round, under the run
+key the server sends, so that a resumed run (a new Flower run, with fresh node
+state) continues with the same state.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +50,11 @@ class NodeError(RuntimeError):
     """The node cannot follow the server (a base or mask it should hold is gone)."""
 
 
-def _cache_dir() -> Path:
+def _cache_dir(kind: str = "bases") -> Path:
     root = os.environ.get("FISH_FL_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fish-fl"
     )
-    path = Path(root) / "bases"
+    path = Path(root) / kind
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -318,6 +322,89 @@ def save_optimizer(state: RecordDict, optimizer: torch.optim.Optimizer, mask_ver
     )
 
 
+# -- optimiser state on disk, so a resumed run finds it ------------------------
+KEEP_ROUNDS = 2  # optimiser states kept per partition
+KEEP_RUNS = 8  # runs whose optimiser states are kept
+
+
+def _optim_dir(run_key: str) -> Path:
+    if not run_key.isalnum():
+        raise NodeError(f"bad run key {run_key!r}")
+    return _cache_dir("optimizer") / run_key
+
+
+def save_optimizer_file(
+    run_key: str, partition: int, rnd: int, optimizer: torch.optim.Optimizer, mask_version: int
+) -> None:
+    """Write the node's optimiser state after round ``rnd`` (atomically), keep the last few."""
+    from safetensors.torch import save_file
+
+    sd = optimizer.state_dict()
+    tensors = {
+        f"{idx}/{name}": value.detach().cpu().contiguous()
+        for idx, entries in sd["state"].items()
+        for name, value in entries.items()
+        if isinstance(value, Tensor)
+    }
+    folder = _optim_dir(run_key)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"p{partition}-r{rnd}.safetensors"
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    meta = {"mask-version": str(mask_version), "groups": json.dumps(sd["param_groups"])}
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    mine = sorted(
+        folder.glob(f"p{partition}-r*.safetensors"),
+        key=lambda p: int(p.stem.rsplit("-r", 1)[1]),
+    )
+    for old in mine[:-KEEP_ROUNDS]:
+        old.unlink(missing_ok=True)
+    runs = sorted(
+        (d for d in folder.parent.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime
+    )
+    for old_run in runs[:-KEEP_RUNS]:
+        if old_run != folder:
+            shutil.rmtree(old_run, ignore_errors=True)
+
+
+def load_optimizer_file(
+    run_key: str, partition: int, rnd: int, optimizer: torch.optim.Optimizer, mask_version: int
+) -> bool:
+    """Restore the newest state saved before round ``rnd`` for this mask version."""
+    from safetensors import safe_open
+
+    folder = _optim_dir(run_key)
+    if not folder.is_dir():
+        return False
+    earlier = [
+        (int(p.stem.rsplit("-r", 1)[1]), p) for p in folder.glob(f"p{partition}-r*.safetensors")
+    ]
+    earlier = [(r, p) for r, p in earlier if r < rnd]
+    if not earlier:
+        return False
+    _, path = max(earlier)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("mask-version") != str(mask_version):
+            return False
+        entries: dict[int, dict[str, Tensor]] = {}
+        for key in f.keys():  # noqa: SIM118
+            idx, name = key.split("/", 1)
+            entries.setdefault(int(idx), {})[name] = f.get_tensor(key)
+    _load_state(optimizer, entries, json.loads(meta["groups"]))
+    logger.info("optimiser state of partition %d restored from round %s", partition, path.stem)
+    return True
+
+
+def _load_state(
+    optimizer: torch.optim.Optimizer, entries: dict[int, dict[str, Tensor]], groups: Any
+) -> None:
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    optimizer.load_state_dict({"state": entries, "param_groups": groups})
+    for g, lr in zip(optimizer.param_groups, lrs, strict=True):
+        g["lr"] = lr
+
+
 def load_optimizer(state: RecordDict, optimizer: torch.optim.Optimizer, mask_version: int) -> bool:
     """Restore the state saved for the same mask version; False if there is none."""
     if NODE_OPTIM not in state.array_records or NODE_OPTIM_META not in state.config_records:
@@ -329,11 +416,7 @@ def load_optimizer(state: RecordDict, optimizer: torch.optim.Optimizer, mask_ver
     for key, array in state.array_records[NODE_OPTIM].items():
         idx, name = key.split("/", 1)
         entries.setdefault(int(idx), {})[name] = torch.from_numpy(array.numpy().copy())
-    groups = json.loads(str(meta["groups"]))
-    lrs = [g["lr"] for g in optimizer.param_groups]
-    optimizer.load_state_dict({"state": entries, "param_groups": groups})
-    for g, lr in zip(optimizer.param_groups, lrs, strict=True):
-        g["lr"] = lr
+    _load_state(optimizer, entries, json.loads(str(meta["groups"])))
     return True
 
 

@@ -51,6 +51,7 @@ CFG_LOCAL_STEPS = "local-steps"
 CFG_LR = "lr"
 CFG_SEED = "seed"  # seed of this round's data order (nodes mix in their partition id)
 CFG_ACTION = "action"  # query messages: "fisher"
+CFG_RUN_KEY = "run-key"  # names the run; nodes keep their optimiser state on disk under it
 
 # -- metrics -------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"

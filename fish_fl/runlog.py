@@ -73,7 +73,12 @@ class RunRecorder:
     )
 
     def __init__(
-        self, run_dir: str | Path, config: RunConfig, stream: TextIO | None = sys.stdout
+        self,
+        run_dir: str | Path,
+        config: RunConfig,
+        stream: TextIO | None = sys.stdout,
+        *,
+        resume: bool = False,
     ) -> None:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -83,8 +88,45 @@ class RunRecorder:
         self.mask_stats: dict[str, Any] = {}
         _write_json(self.dir / "config.json", config.to_dict())
         self.metrics_path = self.dir / "metrics.jsonl"
-        self.metrics_path.write_text("")
+        if not resume:
+            self.metrics_path.write_text("")
         self._header_printed = False
+
+    def restore(self, rnd: int, mask: Mask | None, mask_version: int) -> None:
+        """Continue a run folder after round ``rnd``: drop anything logged later.
+
+        A run that crashed may have logged a round (or a new mask) after its
+        last checkpoint; those lines are removed so the resumed run writes
+        them again.
+        """
+        rows = []
+        if self.metrics_path.is_file():
+            for line in self.metrics_path.read_text().splitlines():
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by the crash
+                        continue
+                    if row.get("round", rnd + 1) <= rnd:
+                        rows.append(row)
+        self.rows = rows
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.metrics_path)
+        stats_path = self.dir / "mask_stats.json"
+        if stats_path.is_file():
+            stats = json.loads(stats_path.read_text())
+            self.mask_stats = {v: s for v, s in stats.items() if int(v) <= mask_version}
+            _write_json(stats_path, self.mask_stats)
+        if mask is not None and str(mask_version) in self.mask_stats:
+            method = self.mask_stats[str(mask_version)]["method"]
+            mask.save(
+                self.dir / "mask.safetensors",
+                metadata={"version": str(mask_version), "method": method},
+            )
+        for row in rows:
+            self._print_row(row)
 
     # -- per round -----------------------------------------------------------
     def log_round(self, row: dict[str, Any]) -> None:

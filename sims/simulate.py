@@ -14,11 +14,14 @@ __all__ = ["simulate"]
 logger = logging.getLogger(__name__)
 
 
-def simulate(config: RunConfig, run_dir: Path, *, verbose: bool = False) -> dict[str, Any]:
+def simulate(
+    config: RunConfig, run_dir: Path, *, verbose: bool = False, resume: bool = False
+) -> dict[str, Any]:
     """Run ``config`` as a simulation with ``num-clients`` SuperNodes; return the summary.
 
     The ServerApp runs in this process; ClientApps run in Ray actors with
-    ``client-num-cpus`` CPUs (and ``client-num-gpus`` GPUs) each.
+    ``client-num-cpus`` CPUs (and ``client-num-gpus`` GPUs) each. With
+    ``resume``, the run in ``run_dir`` continues after its last checkpoint.
     """
     import json
 
@@ -37,7 +40,7 @@ def simulate(config: RunConfig, run_dir: Path, *, verbose: bool = False) -> dict
         "init_args": {"include_dashboard": False, "log_to_driver": verbose},
     }
     run_simulation(
-        server_app=make_server_app(config, run_dir),
+        server_app=make_server_app(config, run_dir, resume=resume),
         client_app=client_app,
         num_supernodes=config.num_clients,
         backend_name="ray",

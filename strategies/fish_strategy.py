@@ -17,8 +17,10 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,8 @@ from fish_fl.ledger import CommLedger, paper_message_bytes
 from fish_fl.masks import Mask, build_mask, parameter_shapes, score_parameters, topk_mask
 from fish_fl.masks.assign import MaskPlan, disjoint_plan, shared_plan
 from fish_fl.runlog import RunRecorder
+
+from .state import load_server_state, save_server_state
 
 __all__ = ["FishMaskStrategy", "NodeRecord", "message_bytes"]
 
@@ -113,6 +117,9 @@ class FishMaskStrategy(Strategy):
         Name of the metric reported as the score.
     recorder
         Writes the run folder; ``None`` for none.
+    checkpoint
+        Where to save the server state after every round (``None``: nowhere);
+        see :mod:`strategies.state`.
     """
 
     def __init__(
@@ -124,8 +131,10 @@ class FishMaskStrategy(Strategy):
         evaluate_fn: EvaluateFn | None = None,
         primary_metric: str = "accuracy",
         recorder: RunRecorder | None = None,
+        checkpoint: Path | None = None,
     ) -> None:
         self.config = config
+        self.checkpoint = checkpoint
         self.model = model
         self.calibration = calibration
         self.evaluate_fn = evaluate_fn
@@ -144,6 +153,13 @@ class FishMaskStrategy(Strategy):
         # model, each later version the global model when the mask changed.
         self.base_version = 0
         self.base_fingerprint = state_fingerprint(dict(model.named_parameters()))
+        # The initial model: checkpoints store the global model relative to it.
+        self.initial_fingerprint = self.base_fingerprint
+        self.initial_flat = P.flat_parameters(model)
+        # Names this run to the nodes, which keep their optimiser state under it.
+        self.run_key = uuid.uuid4().hex
+        self.resume_round = 0
+        self.elapsed_at_resume = 0.0
         # The base at the current version is the current model with the
         # entries of ``base_plan`` reset to ``base_values``.
         self.base_plan: MaskPlan | None = None
@@ -155,7 +171,7 @@ class FishMaskStrategy(Strategy):
         self._round_stats = _RoundStats()
         self._start_time = time.monotonic()
         self.stopped_by_budget = False
-        self._rng = random.Random(config.seed)
+        self.rng = random.Random(config.seed)
 
     # ------------------------------------------------------------------ masks
     def summary(self) -> None:
@@ -278,6 +294,7 @@ class FishMaskStrategy(Strategy):
             P.CFG_LOCAL_STEPS: self.config.local_steps,
             P.CFG_LR: self.config.round_lr(rnd),
             P.CFG_SEED: self.config.seed * 1_000_003 + rnd * 1009,
+            P.CFG_RUN_KEY: self.run_key,
         }
         if not rec.has_config:
             cfg[P.CFG_RUN_CONFIG] = self.config.to_json()
@@ -321,7 +338,7 @@ class FishMaskStrategy(Strategy):
             time.sleep(1.0)
             waited += 1.0
         n = self.config.sampled_clients
-        return sorted(nodes) if n >= len(nodes) else sorted(self._rng.sample(nodes, n))
+        return sorted(nodes) if n >= len(nodes) else sorted(self.rng.sample(nodes, n))
 
     def _build_messages(self, rnd: int, grid: Grid, message_type: str) -> list[Message]:
         messages = []
@@ -634,14 +651,18 @@ class FishMaskStrategy(Strategy):
         rounds = num_rounds or self.config.rounds
         timeout = timeout or self.config.round_timeout
         result = Result()
-        self._start_time = time.monotonic()
         self.summary()
-        ev = self._evaluate(0)
-        if ev is not None:
-            result.evaluate_metrics_serverapp[0] = MetricRecord(dict[str, Any](ev))
-        self._log(self._row(0, ev, None, 0.0))
+        first = self.resume_round + 1
+        if self.resume_round == 0:
+            self._start_time = time.monotonic()
+            ev = self._evaluate(0)
+            if ev is not None:
+                result.evaluate_metrics_serverapp[0] = MetricRecord(dict[str, Any](ev))
+            self._log(self._row(0, ev, None, 0.0))
+        else:
+            logger.info("resuming after round %d of %d", self.resume_round, rounds)
         empty = ArrayRecord()
-        for rnd in range(1, rounds + 1):
+        for rnd in range(first, rounds + 1):
             t0 = time.monotonic()
             self.prepare_round(rnd, grid)
             replies = grid.send_and_receive(
@@ -667,9 +688,23 @@ class FishMaskStrategy(Strategy):
             self._log(self._row(rnd, ev, fed, time.monotonic() - t0))
             if stop:
                 self.stopped_by_budget = True
+            if self.checkpoint is not None:
+                save_server_state(
+                    self, self.checkpoint, rnd, time.monotonic() - self._start_time, self.run_key
+                )
+            if stop:
                 logger.info("communication budget reached after round %d; stopping", rnd)
                 break
         return result
+
+    def resume(self, path: Path) -> int:
+        """Continue from a checkpoint (see :mod:`strategies.state`); returns its round."""
+        meta = load_server_state(self, path)
+        self.resume_round = int(meta["round"])
+        self.run_key = str(meta["run_key"])
+        self.elapsed_at_resume = float(meta["elapsed"])
+        self._start_time = time.monotonic() - self.elapsed_at_resume
+        return self.resume_round
 
     def _log(self, row: dict[str, Any]) -> None:
         if self.recorder is not None:

@@ -22,6 +22,7 @@ from fish_fl.runlog import RunRecorder
 from fish_fl.task import build_task_model, evaluate_model, load_task_data
 
 from .fish_strategy import FishMaskStrategy
+from .state import CHECKPOINT
 
 __all__ = ["app", "default_run_dir", "make_server_app", "run_server"]
 
@@ -34,13 +35,22 @@ def default_run_dir(config: RunConfig, name: str = "") -> Path:
     return Path(config.out_dir) / f"{label}-{stamp}"
 
 
-def run_server(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Run every round and write the run folder; returns the summary."""
+def run_server(
+    grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool = False
+) -> dict[str, Any]:
+    """Run every round and write the run folder; returns the summary.
+
+    With ``resume``, continue the run in ``run_dir`` after the last round its
+    checkpoint holds (see :mod:`strategies.state`).
+    """
     t0 = time.monotonic()
+    checkpoint = run_dir / CHECKPOINT
+    if resume and not checkpoint.is_file():
+        raise ValueError(f"cannot resume {run_dir}: it holds no {CHECKPOINT}")
     device = resolve_device(config.device)
     data = load_task_data(config)
     model = build_task_model(config).to(device)
-    recorder = RunRecorder(run_dir, config)
+    recorder = RunRecorder(run_dir, config, resume=resume)
     eval_loader = data.eval_loader()
 
     def evaluate(m: Any) -> dict[str, float]:
@@ -53,7 +63,20 @@ def run_server(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, Any]:
         evaluate_fn=evaluate,
         primary_metric=data.primary,
         recorder=recorder,
+        checkpoint=checkpoint,
     )
+    if resume:
+        done = strategy.resume(checkpoint)
+        t0 -= strategy.elapsed_at_resume
+        if strategy.stopped_by_budget:
+            raise ValueError(f"cannot resume {run_dir}: it stopped at its communication budget")
+        if done >= config.rounds:
+            raise ValueError(
+                f"cannot resume {run_dir}: all {config.rounds} rounds are done "
+                "(raise rounds to extend it)"
+            )
+        plan = strategy.plan
+        recorder.restore(done, plan.union if plan else None, strategy.mask_version)
     strategy.start(grid)
     # The trained model as a sparse delta from the base every node started from.
     base = build_task_model(config)
@@ -90,14 +113,16 @@ def run_server(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def make_server_app(config: RunConfig | None = None, run_dir: Path | None = None) -> ServerApp:
+def make_server_app(
+    config: RunConfig | None = None, run_dir: Path | None = None, *, resume: bool = False
+) -> ServerApp:
     """A ServerApp bound to ``config`` (else read from Flower's run_config)."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config if config is not None else RunConfig.from_mapping(dict(context.run_config))
-        run_server(grid, cfg, run_dir or default_run_dir(cfg))
+        run_server(grid, cfg, run_dir or default_run_dir(cfg), resume=resume)
 
     return server
 

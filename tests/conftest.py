@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Nodes cache bases and optimiser states on disk; keep the tests' apart.
+os.environ.setdefault("FISH_FL_CACHE", tempfile.mkdtemp(prefix="fish-fl-test-cache-"))
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

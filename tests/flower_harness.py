@@ -136,7 +136,9 @@ def tiny_vision_config(shared_data: Path, **changes: object) -> RunConfig:
     return RunConfig.from_mapping(values)
 
 
-def make_strategy(config: RunConfig, recorder: object | None = None) -> FishMaskStrategy:
+def make_strategy(
+    config: RunConfig, recorder: object | None = None, checkpoint: Path | None = None
+) -> FishMaskStrategy:
     data = load_task_data(config)
     device = resolve_device("cpu")
     model = build_task_model(config)
@@ -148,4 +150,5 @@ def make_strategy(config: RunConfig, recorder: object | None = None) -> FishMask
         evaluate_fn=lambda m: evaluate_model(m, loader, data.metric_task, device),
         primary_metric=data.primary,
         recorder=recorder,  # type: ignore[arg-type]
+        checkpoint=checkpoint,
     )

@@ -11,7 +11,7 @@ import typer
 
 from fish_fl.config import RunConfig, parse_override
 
-__all__ = ["load_preset", "preset_path", "run_command"]
+__all__ = ["load_preset", "preset_path", "resume_config", "run_command"]
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
@@ -33,6 +33,31 @@ def load_preset(preset: str, overrides: list[str] | None = None) -> RunConfig:
     return RunConfig.from_toml(preset_path(preset), values)
 
 
+def resume_config(run_dir: Path, overrides: list[str] | None) -> tuple[RunConfig, Path]:
+    """The configuration of the run in ``run_dir``, checked to be resumable."""
+    from strategies.state import CHECKPOINT, read_checkpoint_round
+
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"cannot resume {run_dir}: not a run folder (no config.json)")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise ValueError(f"cannot resume {run_dir}: no {CHECKPOINT} (no round completed)")
+    values = dict(parse_override(o) for o in overrides or [])
+    if set(values) - {"rounds"}:
+        bad = ", ".join(sorted(set(values) - {"rounds"}))
+        raise ValueError(
+            f"--resume keeps the run's configuration; only rounds may be set, not {bad}"
+        )
+    config = RunConfig.from_mapping({**json.loads(config_path.read_text()), **values})
+    done = read_checkpoint_round(run_dir / CHECKPOINT)
+    if done >= config.rounds:
+        raise ValueError(
+            f"cannot resume {run_dir}: all {config.rounds} rounds are done "
+            "(--set rounds=N with a larger N extends it)"
+        )
+    return config, run_dir
+
+
 def run_command(
     preset: Annotated[
         str, typer.Argument(help="Preset name (see sims/presets) or a TOML file.")
@@ -47,16 +72,28 @@ def run_command(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")
     ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the run in this folder after its last complete round "
+            "(only --set rounds=N may change, to extend it).",
+        ),
+    ] = None,
 ) -> None:
     """Run a Flower simulation (Ray backend) of a preset; print a per-round table."""
     from strategies.server_app import default_run_dir
 
     from ..simulate import simulate
 
-    config = load_preset(preset, set_)
-    run_dir = out or default_run_dir(config, Path(preset).stem)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ValueError(f"run folder {run_dir} exists and is not empty; choose another --out")
+    if resume is not None:
+        config, run_dir = resume_config(resume, set_)
+        preset = f"resume of {resume}"
+    else:
+        config = load_preset(preset, set_)
+        run_dir = out or default_run_dir(config, Path(preset).stem)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ValueError(f"run folder {run_dir} exists and is not empty; choose another --out")
     if not verbose:
         for name in ("flwr", "ray"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -65,7 +102,7 @@ def run_command(
         f"  {config.model} on {config.task}, {config.num_clients} clients, {config.rounds} rounds, "
         f"{config.mask_method} mask at density {config.density:g}"
     )
-    summary = simulate(config, run_dir, verbose=verbose)
+    summary = simulate(config, run_dir, verbose=verbose, resume=resume is not None)
     final = summary.get("final") or {}
     typer.echo(
         f"done in {summary.get('wall_time', 0):.0f}s: {final.get('metric', 'metric')} "
