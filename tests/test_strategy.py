@@ -326,3 +326,19 @@ def test_missing_replies_counted(shared_data: Path) -> None:
     grid.send_and_receive = lossy  # type: ignore[method-assign]
     strategy.start(grid)
     assert strategy._round_stats.missing == 1 and strategy._round_stats.replies == 1
+
+
+def test_node_config_data_dir_overrides_the_run(shared_data: Path, tmp_path: Path) -> None:
+    """A device may keep its data elsewhere: node config `data-dir` wins over the run's."""
+    config = tiny_vision_config(shared_data, rounds=1)
+    strategy = make_strategy(config)
+    grid = InProcessGrid(2)
+    missing = tmp_path / "elsewhere.npz"
+    grid.contexts[1001].node_config["data-dir"] = str(missing)
+    copy = tmp_path / "copy.npz"
+    copy.write_bytes(Path(config.data_dir).read_bytes())
+    grid.contexts[1000].node_config["data-dir"] = str(copy)
+    strategy.start(grid)
+    stats = strategy._round_stats
+    assert stats.replies == 2 and stats.rejected == 1
+    assert "node 1001" in stats.reasons[0] and "elsewhere.npz" in stats.reasons[0]
