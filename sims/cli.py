@@ -8,6 +8,7 @@ import sys
 import typer
 
 from .commands.compare import compare_command
+from .commands.distance import distance_command
 from .commands.export import apply_command, export_command
 from .commands.plot import plot_command
 from .commands.run import run_command
@@ -26,6 +27,7 @@ app.command("plot")(plot_command)
 app.command("compare")(compare_command)
 app.command("export")(export_command)
 app.command("apply")(apply_command)
+app.command("distance")(distance_command)
 app.command("sweep")(sweep_command)
 
 
