@@ -397,7 +397,9 @@ def test_summary_means_and_stds_over_seeds(tmp_path: Path) -> None:
     assert "| a-x | fish | 1% | 3,5,6 | accuracy | 0.8000 ± 0.1000 | 0.8167 ± 0.0764 |" in text
     assert "| b-x | random | 2% | 3 | accuracy | 0.6000 | 0.6000 |" in text
     assert "![accuracy vs communication](accuracy_vs_communication.png)" in text
+    assert "Wall time of the 4 finished runs, summed: 100 s." in text  # 10 + 20 + 60 + 10
     data = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert data["run_seconds"] == pytest.approx(100.0)
     assert data["labels"][0]["final"] == {"mean": pytest.approx(0.8), "std": pytest.approx(0.1)}
     assert data["labels"][1]["final"]["std"] is None
     assert (tmp_path / "s" / "accuracy_vs_communication.png").read_bytes()[:4] == b"\x89PNG"

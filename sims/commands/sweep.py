@@ -638,6 +638,7 @@ def format_summary(
     command: str = "",
     missing: Sequence[str] = (),
     plot: str | None = None,
+    run_seconds: float | None = None,
 ) -> str:
     """The sweep's Markdown summary: one row per label."""
     extra_cols = [("sparse_ckpt_mb", "sparse ckpt MB"), ("dense_ckpt_mb", "dense ckpt MB")]
@@ -699,6 +700,9 @@ def format_summary(
             "values for each sparse round, and each new mask once at its encoded size; "
             "dense = the whole model every round.",
         ]
+    if run_seconds is not None:
+        runs = sum(len(x.seeds) for x in summaries)
+        lines += ["", f"Wall time of the {runs} finished runs, summed: {run_seconds:.0f} s."]
     if missing:
         lines += ["", f"No finished run yet: {', '.join(missing)}."]
     if plot:
@@ -742,6 +746,8 @@ def write_summary(
     """Write ``summary.md``, ``summary.json`` and, if the experiment plots, the figure."""
     root.mkdir(parents=True, exist_ok=True)
     summaries, missing = summarise(plan, experiment.columns)
+    walls = [_wall_time(rec) for recs in collect(plan).values() for _, rec, _ in recs]
+    run_seconds = sum(w for w in walls if w is not None) if summaries else None
     plot_name = None
     if experiment.plot and summaries:
         from fish_fl.plots import accuracy_vs_communication_figure
@@ -756,7 +762,13 @@ def write_summary(
             logger.warning("no plot: %s", e)
     (root / "summary.md").write_text(
         format_summary(
-            experiment, summaries, scale=scale, command=command, missing=missing, plot=plot_name
+            experiment,
+            summaries,
+            scale=scale,
+            command=command,
+            missing=missing,
+            plot=plot_name,
+            run_seconds=run_seconds,
         ),
         encoding="utf-8",
     )
@@ -767,6 +779,7 @@ def write_summary(
         "scale": scale,
         "command": command,
         "sweep_seconds": None if sweep_seconds is None else round(sweep_seconds, 1),
+        "run_seconds": run_seconds,
         "labels": [s.to_dict() for s in summaries],
         "missing": missing,
     }
