@@ -24,6 +24,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from . import supermask as _supermask  # noqa: F401  (every builder registered, whatever was imported before)
 from .masks import MaskSpec, available_builders
 from .training import OptimizerConfig
 
@@ -192,9 +193,10 @@ class RunConfig:
 
     # -- consistency between keys ---------------------------------------------
     def _check_combinations(self) -> None:
-        if self.mask_method not in available_builders():
+        runnable = [m for m in available_builders() if m != "supermask"]
+        if self.mask_method not in runnable:
             raise ConfigError(
-                f"mask-method={self.mask_method!r} is not allowed; choose one of {', '.join(available_builders())}"
+                f"mask-method={self.mask_method!r} is not allowed; choose one of {', '.join(runnable)}"
             )
         if self.warmup_rounds >= self.rounds:
             raise ConfigError(
