@@ -28,6 +28,7 @@ from .training import evaluate
 
 __all__ = [
     "TaskData",
+    "build_base_model",
     "build_task_model",
     "evaluate_model",
     "load_task_data",
@@ -49,9 +50,29 @@ def num_labels(config: RunConfig) -> int:
     return get_task(config.task).num_labels
 
 
-def build_task_model(config: RunConfig) -> nn.Module:
-    """The base model of the run: pretrained weights, or a seeded fresh init."""
+def build_base_model(config: RunConfig) -> nn.Module:
+    """The run's model itself, never wrapped: what a sparse delta of the run applies to."""
     return build_model(config.model, num_labels(config), width=config.width, seed=config.seed)
+
+
+def build_task_model(config: RunConfig) -> nn.Module:
+    """The base model of the run: pretrained weights, or a seeded fresh init.
+
+    With ``mask-method=supermask`` the model is wrapped in a
+    :class:`~fish_fl.supermask.SupermaskModel` whose scores start from the
+    magnitude mask of ``supermask-initial-sparsity``; the base every node
+    rebuilds is then the wrapper (frozen weights, initial scores, head).
+    """
+    model = build_base_model(config)
+    if config.mask_method != "supermask":
+        return model
+    from .supermask import SupermaskModel
+
+    return SupermaskModel(
+        model,
+        config.supermask_config(vision=is_vision(config)),
+        eval_mask=config.supermask_eval,  # type: ignore[arg-type]
+    )
 
 
 @dataclass
@@ -133,6 +154,11 @@ class TaskData:
 
 
 def _subset(n: int, keep: int, seed: int) -> np.ndarray:
+    """``keep`` of ``n`` rows drawn at random (seeded), in file order; all when ``keep`` is 0.
+
+    Never the first rows: data files are often sorted by label (the CIFAR-10
+    subset is), so a prefix would hold one class.
+    """
     if keep <= 0 or keep >= n:
         return np.arange(n, dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -153,7 +179,7 @@ def load_task_data(config: RunConfig) -> TaskData:
         source = "torchvision" if config.data_source == "hub" else config.data_dir
         images = load_cifar10(source)
         tr = _subset(len(images.train.labels), config.train_examples, config.seed)
-        ev = np.arange(len(images.test.labels))[: config.eval_examples or None]
+        ev = _subset(len(images.test.labels), config.eval_examples, config.seed + 1)
         train: Any = ImageSplit(
             images.train.images[tr], images.train.labels[tr], images.train.classes
         )
@@ -167,7 +193,7 @@ def load_task_data(config: RunConfig) -> TaskData:
         source = {"embedded": "embedded", "hub": "hub"}.get(config.data_source, config.data_dir)
         splits = load_glue(config.task, source)
         tr = _subset(len(splits.train), config.train_examples, config.seed)
-        ev = np.arange(len(splits.dev))[: config.eval_examples or None]
+        ev = _subset(len(splits.dev), config.eval_examples, config.seed + 1)
 
         def take(split: TextSplit, rows: np.ndarray) -> TextSplit:
             return TextSplit(

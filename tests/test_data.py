@@ -493,3 +493,26 @@ def test_loader_arguments() -> None:
         make_image_loader(split, batch_size=0, train=False)
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 2\)"):
         make_image_loader(split, indices=[0, 5], train=False)
+
+
+def test_held_out_subset_is_drawn_not_a_prefix(shared_data: Path) -> None:
+    """The CIFAR-10 subset is sorted by class: a prefix of 200 would be all class 0."""
+    from fish_fl.config import RunConfig
+    from fish_fl.task import load_task_data
+
+    values = {
+        "task": "cifar10",
+        "model": "resnet18",
+        "width": 4,
+        "data-source": "local",
+        "data-dir": str(shared_data / "cifar10" / "cifar10_subset.npz"),
+        "train-examples": 200,
+        "eval-examples": 200,
+        "fisher-samples": 16,
+    }
+    data = load_task_data(RunConfig.from_mapping(values))
+    labels = np.asarray(data.held_out.labels)
+    assert labels.shape == (200,)
+    assert np.bincount(labels, minlength=10).min() >= 5, np.bincount(labels)
+    again = load_task_data(RunConfig.from_mapping(values))
+    assert np.array_equal(np.asarray(again.held_out.images), np.asarray(data.held_out.images))
