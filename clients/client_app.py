@@ -2,7 +2,8 @@
 
 ``train``: rebuild the model from the shared base plus the received masked
 values, train the local steps with only the ``k`` entries trainable, reply
-with the ``k``-vector update. ``evaluate``: the same model, scored on the
+with the ``k``-vector update (for a supermask sent as sampled masks: the
+head's update and the packed mask). ``evaluate``: the same model, scored on the
 node's own data. ``query`` (action ``fisher``): the Fisher of the base on the
 node's own data, for a mask built from client scores.
 
@@ -25,6 +26,7 @@ from fish_fl import protocol as P
 from fish_fl.codec import UpdateCodec
 from fish_fl.config import RunConfig
 from fish_fl.fisher import fisher_diagonal
+from fish_fl.supermask import SupermaskLayout, SupermaskModel, make_supermask_optimizer
 from fish_fl.task import TaskData, evaluate_model
 from fish_fl.training import SparseParameters, make_optimizer, train_steps
 
@@ -79,9 +81,17 @@ def train(msg: Message, context: Context) -> Message:
 
     sparse = SparseParameters(synced.model, mask)
     opt_config = config.optimizer_config()
-    optimizer = make_optimizer(sparse, opt_config)
-    for group in optimizer.param_groups:
-        group["lr"] = float(cfg[P.CFG_LR])  # type: ignore[arg-type]
+    supermask = synced.model if isinstance(synced.model, SupermaskModel) else None
+    round_lr = float(cfg[P.CFG_LR])  # type: ignore[arg-type]
+    if supermask is None:
+        optimizer = make_optimizer(sparse, opt_config)
+        for group in optimizer.param_groups:
+            group["lr"] = round_lr
+    else:
+        # Scores and head have their own rates; the round's schedule scales both.
+        optimizer = make_supermask_optimizer(sparse, supermask.config)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * (round_lr / config.lr)
     rnd = int(cfg[P.CFG_ROUND])  # type: ignore[arg-type]
     run_key = str(cfg.get(P.CFG_RUN_KEY, ""))
     # A resumed run starts with fresh node state: the disk copy carries it over.
@@ -97,6 +107,8 @@ def train(msg: Message, context: Context) -> Message:
     devices = [synced.device] if synced.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
+        if supermask is not None:
+            supermask.generator.manual_seed(seed)
         stats = train_steps(
             sparse,
             optimizer,
@@ -111,8 +123,20 @@ def train(msg: Message, context: Context) -> Message:
         if run_key:
             save_optimizer_file(run_key, pid, rnd, optimizer, version)
 
-    update = sparse.values() - synced.values
-    arrays = {P.UPDATE: Array(UpdateCodec(config.update_dtype).encode(update))}
+    trained = sparse.values()
+    codec = UpdateCodec(config.update_dtype)
+    if supermask is not None and config.supermask_uplink == "mask":
+        # The head's update and a mask sampled from the trained scores, 1 bit per weight.
+        layout = SupermaskLayout.of(supermask, mask)
+        update = layout.head(trained) - layout.head(synced.values)
+        arrays = {
+            P.UPDATE: Array(codec.encode(update)),
+            P.SAMPLED_MASK: Array(
+                layout.sample_packed(trained, torch.Generator().manual_seed(seed + 1))
+            ),
+        }
+    else:
+        arrays = {P.UPDATE: Array(codec.encode(trained - synced.values))}
     buffers = P.flat_buffers(synced.model)
     if buffers.numel():
         arrays[P.BUFFERS] = Array(buffers.numpy())

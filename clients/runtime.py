@@ -106,6 +106,18 @@ class SyncedModel:
     device: torch.device
 
 
+#: Run keys that change the model a supermask node builds.
+SUPERMASK_KEYS = (
+    "supermask-initial-sparsity",
+    "supermask-score-lr",
+    "supermask-maskable",
+    "supermask-eval",
+    "head-patterns",
+    "lr",
+    "weight-decay",
+)
+
+
 class Runtime:
     """Per-process caches: configs, the model instance, the data, the bases."""
 
@@ -154,7 +166,14 @@ class Runtime:
         state[NODE_STATE] = ConfigRecord(info)
 
     def model(self, config: RunConfig) -> nn.Module:
-        key = json.dumps([config.model, config.task, config.width, config.seed])
+        key = json.dumps(
+            [config.model, config.task, config.width, config.seed, config.mask_method]
+            + (
+                [config.to_dict()[k] for k in SUPERMASK_KEYS]
+                if config.mask_method == "supermask"
+                else []
+            )
+        )
         if key not in self.models:
             if self.device is None:
                 self.device = resolve_device(config.device)

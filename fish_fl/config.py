@@ -24,11 +24,15 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from . import supermask as _supermask  # noqa: F401  (every builder registered, whatever was imported before)
 from .masks import MaskSpec, available_builders
+from .supermask import DEFAULT_MASKABLE, SupermaskConfig
+from .supermask.federated import UPLINKS
 from .training import OptimizerConfig
 
-__all__ = ["ConfigError", "RunConfig", "parse_override"]
+__all__ = ["VISION_MASKABLE", "ConfigError", "RunConfig", "parse_override"]
+
+#: Default supermask patterns of a CIFAR ResNet: the stem and every block's convolutions.
+VISION_MASKABLE: tuple[str, ...] = ("conv1", r"layer\d+")
 
 
 class ConfigError(ValueError):
@@ -156,6 +160,39 @@ class RunConfig:
         default=0, metadata=_meta("recompute the mask every R rounds (0: fixed)", min=0)
     )
 
+    # -- supermasks (mask-method=supermask) ------------------------------------
+    supermask_uplink: str = field(
+        default="mask",
+        metadata=_meta(
+            "supermask clients send a sampled binary mask (1 bit per weight) or score updates",
+            choices=UPLINKS,
+        ),
+    )
+    supermask_initial_sparsity: float = field(
+        default=0.0,
+        metadata=_meta("fraction of each masked weight that starts off (smallest |w|)", min=0.0),
+    )
+    supermask_score_lr: float = field(
+        default=0.2,
+        metadata=_meta("learning rate of the supermask scores (lr: the head's)", gt=0.0),
+    )
+    supermask_maskable: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "name patterns of the masked weights (empty: the encoder blocks, or a ResNet's convolutions)"
+        ),
+    )
+    supermask_eval: str = field(
+        default="threshold",
+        metadata=_meta(
+            "mask of the centralised evaluation: the most likely (threshold) or the expected one",
+            choices=("threshold", "expected"),
+        ),
+    )
+    supermask_eval_samples: int = field(
+        default=3, metadata=_meta("sampled masks scored after the last round", min=0)
+    )
+
     # -- optimisation ---------------------------------------------------------
     optimizer: str = field(default="adamw", metadata=_meta("optimiser", choices=("adamw", "sgd")))
     lr: float = field(default=1e-3, metadata=_meta("learning rate", gt=0.0))
@@ -193,11 +230,12 @@ class RunConfig:
 
     # -- consistency between keys ---------------------------------------------
     def _check_combinations(self) -> None:
-        runnable = [m for m in available_builders() if m != "supermask"]
-        if self.mask_method not in runnable:
+        if self.mask_method not in available_builders():
             raise ConfigError(
-                f"mask-method={self.mask_method!r} is not allowed; choose one of {', '.join(runnable)}"
+                f"mask-method={self.mask_method!r} is not allowed; choose one of {', '.join(available_builders())}"
             )
+        if self.mask_method == "supermask":
+            self._check_supermask()
         if self.warmup_rounds >= self.rounds:
             raise ConfigError(
                 f"warmup-rounds={self.warmup_rounds} must be smaller than rounds={self.rounds}"
@@ -229,7 +267,45 @@ class RunConfig:
         self.mask_spec()  # the mask options themselves
         self.optimizer_config()
 
+    def _check_supermask(self) -> None:
+        clash = {
+            "mask-source": (self.mask_source, "server"),
+            "mask-assignment": (self.mask_assignment, "shared"),
+            "warmup-rounds": (self.warmup_rounds, 0),
+            "mask-refresh": (self.mask_refresh, 0),
+        }
+        for key, (value, allowed) in clash.items():
+            if value != allowed:
+                raise ConfigError(
+                    f"mask-method=supermask learns its own mask; it needs {key}={allowed!r}, got {value!r}"
+                )
+        if self.supermask_uplink == "mask" and self.aggregation != "mean":
+            raise ConfigError(
+                f"supermask-uplink=mask averages the sampled masks; it needs aggregation='mean', got {self.aggregation!r}"
+            )
+        if self.supermask_initial_sparsity >= 1.0:
+            raise ConfigError(
+                f"supermask-initial-sparsity={self.supermask_initial_sparsity!r} must be < 1"
+            )
+        self.supermask_config(vision=False)
+
     # -- views for the core -----------------------------------------------------
+    def supermask_config(self, *, vision: bool) -> SupermaskConfig:
+        """The supermask options of the run (``vision``: default patterns of a ResNet)."""
+        maskable = self.supermask_maskable or (VISION_MASKABLE if vision else DEFAULT_MASKABLE)
+        try:
+            return SupermaskConfig(
+                maskable=maskable,
+                head_patterns=self.head_patterns,
+                initial_sparsity=self.supermask_initial_sparsity,
+                score_lr=self.supermask_score_lr,
+                head_lr=self.lr,
+                head_weight_decay=self.weight_decay,
+                seed=self.seed,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
     def round_lr(self, rnd: int) -> float:
         """The learning rate of round ``rnd`` (1-based) under ``lr-schedule``."""
         done = (rnd - 1) / self.rounds

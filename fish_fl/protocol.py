@@ -16,7 +16,9 @@ Keys are kebab-case. A server-to-node message holds two records:
 
 A node's reply holds ``"arrays"`` (``update``: the ``k``-vector of trained
 minus received values in the run's wire dtype, ``buffers``, or for a Fisher
-query ``scores``: float16 Fisher scores of every parameter, flat) and
+query ``scores``: float16 Fisher scores of every parameter, flat; with supermasks
+sent as sampled masks, ``update`` holds the head's update only and
+``sampled-mask`` the packed uint8 mask, 1 bit per masked weight) and
 ``"metrics"`` (``num-examples``, ``mask-version``, ``train-loss``).
 """
 
@@ -38,6 +40,7 @@ BASE = "base"
 BASE_PATCH = "base-patch"
 UPDATE = "update"
 SCORES = "scores"
+SAMPLED_MASK = "sampled-mask"  # supermask uplink: a sampled binary mask, 1 bit per weight
 
 # -- config --------------------------------------------------------------------
 CFG_ROUND = "server-round"

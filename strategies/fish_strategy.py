@@ -379,7 +379,9 @@ class FishMaskStrategy(Strategy):
         if P.ARRAYS not in content.array_records or P.METRICS not in content.metric_records:
             return "arrays or metrics record has the wrong type"
         arrays, metrics = content.array_records[P.ARRAYS], content.metric_records[P.METRICS]
-        allowed = {P.UPDATE, P.BUFFERS} if len(P.flat_buffers(self.model)) else {P.UPDATE}
+        allowed = self._reply_arrays()
+        if len(P.flat_buffers(self.model)):
+            allowed.add(P.BUFFERS)
         if set(arrays.keys()) != allowed:
             return f"expected arrays {sorted(allowed)}, got {sorted(arrays.keys())}"
         n = metrics.get(P.NUM_EXAMPLES)
@@ -389,7 +391,7 @@ class FishMaskStrategy(Strategy):
         if version != sent.mask_version:
             return f"stale mask version {version!r}, expected {sent.mask_version}"
         try:
-            delta = self.codec.decode(arrays[P.UPDATE].numpy(), expected=sent.k)
+            delta = self.codec.decode(arrays[P.UPDATE].numpy(), expected=self._update_length(sent))
             bound = self.config.max_update_norm
             if bound > 0 and self.config.norm_policy == "reject":
                 norm = float(delta.double().norm())
@@ -404,9 +406,33 @@ class FishMaskStrategy(Strategy):
                     or not np.isfinite(buf).all()
                 ):
                     raise ValueError(f"buffers must be {expected} finite float32 values")
+            self._check_extra(arrays, sent)
         except ValueError as e:
             return str(e)
         return delta
+
+    # Hooks of a reply's layout and of the combination, for subclasses.
+    def _reply_arrays(self) -> set[str]:
+        """Arrays a training reply carries besides ``buffers``."""
+        return {P.UPDATE}
+
+    def _update_length(self, sent: _Sent) -> int:
+        """Values in a reply's ``update``: the node's ``k``."""
+        return sent.k
+
+    def _check_extra(self, arrays: ArrayRecord, sent: _Sent) -> None:
+        """Raise ``ValueError`` on a malformed array beyond ``update`` and ``buffers``."""
+
+    def _client_update(
+        self, node_id: int, delta: torch.Tensor, sent: _Sent, arrays: ArrayRecord, weight: float
+    ) -> ClientUpdate:
+        """One accepted reply as an update of the global ``k``-vector."""
+        return ClientUpdate(delta, sent.positions, weight)
+
+    def _combine(self, updates: list[ClientUpdate]) -> torch.Tensor:
+        """The new global ``k``-vector from the accepted updates."""
+        assert self.plan is not None
+        return self.values + aggregate_updates(updates, self.plan.union.k, self.config.aggregation)
 
     def _forget(self, node_id: int, reason: str) -> None:
         """A node lost its base or mask: send it again next time."""
@@ -472,7 +498,7 @@ class FishMaskStrategy(Strategy):
                         norm,
                         bound,
                     )
-            updates.append(ClientUpdate(delta, sent.positions, weight))
+            updates.append(self._client_update(node_id, delta, sent, arrays, weight))
             if P.BUFFERS in arrays:
                 buffers.append(torch.from_numpy(arrays[P.BUFFERS].numpy().copy()))
                 weights.append(weight)
@@ -499,8 +525,7 @@ class FishMaskStrategy(Strategy):
                 self.config.min_replies,
             )
             return None, None
-        delta = aggregate_updates(updates, self.plan.union.k, self.config.aggregation)
-        self.values = self.values + delta
+        self.values = self._combine(updates)
         self.plan.union.scatter(self.model, self.values)
         if buffers:
             P.load_flat_buffers(self.model, average_buffers(buffers, weights))

@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -19,14 +22,21 @@ from fish_fl.checkpoint import save_sparse_delta
 from fish_fl.config import RunConfig
 from fish_fl.models import resolve_device
 from fish_fl.runlog import RunRecorder
-from fish_fl.task import build_task_model, evaluate_model, load_task_data
+from fish_fl.supermask import SupermaskModel, evaluate_supermask
+from fish_fl.task import build_base_model, build_task_model, evaluate_model, load_task_data
 
 from .fish_strategy import FishMaskStrategy
 from .state import CHECKPOINT
+from .supermask_strategy import SupermaskStrategy
 
-__all__ = ["app", "default_run_dir", "make_server_app", "run_server"]
+__all__ = ["app", "default_run_dir", "make_server_app", "run_server", "strategy_class"]
 
 logger = logging.getLogger(__name__)
+
+
+def strategy_class(config: RunConfig) -> type[FishMaskStrategy]:
+    """The strategy of a run: supermask training or sparse training under a mask."""
+    return SupermaskStrategy if config.mask_method == "supermask" else FishMaskStrategy
 
 
 def default_run_dir(config: RunConfig, name: str = "") -> Path:
@@ -56,7 +66,7 @@ def run_server(
     def evaluate(m: Any) -> dict[str, float]:
         return evaluate_model(m, eval_loader, data.metric_task, device)
 
-    strategy = FishMaskStrategy(
+    strategy = strategy_class(config)(
         config,
         model,
         calibration=data.calibration_loader if config.mask_source == "server" else None,
@@ -79,9 +89,16 @@ def run_server(
         recorder.restore(done, plan.union if plan else None, strategy.mask_version)
     strategy.start(grid)
     # The trained model as a sparse delta from the base every node started from.
-    base = build_task_model(config)
+    trained: Any = model
+    extra: dict[str, Any] = {}
+    if isinstance(model, SupermaskModel):
+        extra["supermask"] = _supermask_report(model, eval_loader, data.metric_task, device, config)
+        (run_dir / "supermask.json").write_text(json.dumps(extra["supermask"], indent=2) + "\n")
+        # The deployable model: the most likely binary mask laid over the weights.
+        trained = model.materialize(model.masks("threshold"))
+    base = build_base_model(config)
     info = save_sparse_delta(
-        model.cpu(),
+        trained.cpu(),
         base,
         run_dir / "delta.safetensors",
         base_name=config.model,
@@ -102,6 +119,7 @@ def run_server(
                 "full_bytes": info.full_bytes,
             },
             "partitions": data.partitions.summary(data.train_labels),
+            **extra,
         }
     )
     try:
@@ -111,6 +129,28 @@ def run_server(
     except Exception as e:  # a plot is a nicety; never lose a finished run over it
         logger.warning("could not draw the plot: %s", e)
     return summary
+
+
+def _supermask_report(
+    model: SupermaskModel, loader: Any, task: str, device: Any, config: RunConfig
+) -> dict[str, Any]:
+    """Final scores with the expected, most likely and sampled masks; sparsity per weight."""
+    report = evaluate_supermask(
+        model,
+        loader,
+        task,
+        device=device,
+        samples=config.supermask_eval_samples,
+        generator=torch.Generator().manual_seed(config.seed + 1),
+    )
+    return {
+        "metric": report.metric,
+        **report.summary(),
+        "expected_metrics": report.expected,
+        "threshold_metrics": report.threshold,
+        "sampled_metrics": report.sampled,
+        "layers": [dataclasses.asdict(layer) for layer in report.layers],
+    }
 
 
 def make_server_app(

@@ -20,6 +20,7 @@ from fish_fl.config import RunConfig
 from fish_fl.models import resolve_device
 from fish_fl.task import build_task_model, evaluate_model, load_task_data
 from strategies.fish_strategy import FishMaskStrategy
+from strategies.server_app import strategy_class
 
 Tamper = Callable[[int, int, Message, Message], Message | None]
 
@@ -143,7 +144,7 @@ def make_strategy(
     device = resolve_device("cpu")
     model = build_task_model(config)
     loader = data.eval_loader()
-    return FishMaskStrategy(
+    return strategy_class(config)(
         config,
         model,
         calibration=data.calibration_loader if config.mask_source == "server" else None,

@@ -157,7 +157,7 @@ def test_out_of_range(values: dict[str, Any], expected: str) -> None:
         ("mask-source", "oracle"),
         ("mask-assignment", "overlapping"),
         ("data-source", "s3"),
-        ("mask-method", "supermask"),
+        ("mask-method", "lottery"),
     ],
 )
 def test_bad_choice(key: str, value: str) -> None:

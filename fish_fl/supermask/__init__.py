@@ -15,6 +15,7 @@ Single machine::
 
 from . import builder  # noqa: F401  (registers the "supermask" mask builder)
 from .config import DEFAULT_MASKABLE, SupermaskConfig
+from .federated import UPLINKS, SupermaskLayout, combine_sampled_masks
 from .layer import (
     MaskKind,
     SupermaskModel,
@@ -45,6 +46,9 @@ from .train import (
 
 __all__ = [
     "DEFAULT_MASKABLE",
+    "UPLINKS",
+    "SupermaskLayout",
+    "combine_sampled_masks",
     "LayerSparsity",
     "MaskKind",
     "SupermaskConfig",

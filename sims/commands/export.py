@@ -31,9 +31,9 @@ def _config_of(delta: Path) -> RunConfig:
 
 
 def _base_model(config: RunConfig, base: str | None = None) -> nn.Module:
-    from fish_fl.task import build_task_model
+    from fish_fl.task import build_base_model
 
-    return build_task_model(config if base is None else config.replace(model=base))
+    return build_base_model(config if base is None else config.replace(model=base))
 
 
 def export_command(
