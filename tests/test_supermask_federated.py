@@ -299,3 +299,12 @@ def test_run_folder_report_and_delta(shared_data: Path, tmp_path: Path) -> None:
     )
     # Entries that were already 0 stay equal when masked, so at most `dropped` change.
     assert 0 < changed <= dropped
+    # The sweep summary reads the same figures back.
+    from fish_fl.plots import load_run
+    from sims.commands.sweep import supermask_stats
+
+    stats = supermask_stats(load_run(run_dir), run_dir)
+    assert stats["sm_sparsity_pct"] == pytest.approx(100 * report["sparsity_threshold"])
+    assert stats["sm_sampled"] == pytest.approx(report["sampled_mean"])
+    assert stats["sm_bits_up"] == pytest.approx(rows[-1]["supermask"]["bits_per_weight_up"])
+    assert supermask_stats(load_run(run_dir), None).keys() == {"sm_bits_up"}

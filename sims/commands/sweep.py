@@ -73,6 +73,9 @@ __all__ = [
     "write_summary",
 ]
 
+#: Extra summary columns an experiment may ask for.
+COLUMNS = ("checkpoint", "supermask")
+
 logger = logging.getLogger(__name__)
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -133,7 +136,9 @@ class Experiment:
     scales
         Per scale, its table: run keys, optional ``preset`` and ``label`` sub-tables.
     columns
-        Extra summary columns: ``"checkpoint"`` adds the sparse delta's size.
+        Extra summary columns: ``"checkpoint"`` adds the sparse delta's size,
+        ``"supermask"`` the final mask's sparsity, the sampled masks' score and
+        the bits sent up per masked weight.
     """
 
     name: str
@@ -233,8 +238,10 @@ def load_experiment(name: str, folder: Path = EXPERIMENTS) -> Experiment:
     for s, table in scales.items():
         _table(table.get("label", {}), f"{path}: [scale.{s}.label]")
     columns = head.get("columns", [])
-    if not isinstance(columns, list) or not set(columns) <= {"checkpoint"}:
-        raise SweepError(f"{path}: columns may only list 'checkpoint', got {columns!r}")
+    if not isinstance(columns, list) or not set(columns) <= set(COLUMNS):
+        raise SweepError(
+            f"{path}: columns may only list {', '.join(map(repr, COLUMNS))}, got {columns!r}"
+        )
     return Experiment(
         name=path.stem,
         title=str(head.get("title", path.stem)),
@@ -560,6 +567,24 @@ def checkpoint_stats(record: RunRecord, run_dir: Path | None = None) -> dict[str
     return {"sparse_ckpt_mb": sparse / 1e6, "dense_ckpt_mb": dense / 1e6}
 
 
+def supermask_stats(record: RunRecord, run_dir: Path | None = None) -> dict[str, float]:
+    """A supermask run's final mask: sparsity, sampled-mask score, uplink bits per weight.
+
+    From ``supermask.json`` (written after the last round) and the last
+    round's ``supermask`` entry in ``metrics.jsonl``; empty for other runs.
+    """
+    out: dict[str, float] = {}
+    if run_dir is not None and (run_dir / "supermask.json").is_file():
+        report = json.loads((run_dir / "supermask.json").read_text(encoding="utf-8"))
+        out["sm_sparsity_pct"] = 100.0 * float(report["sparsity_threshold"])
+        if report.get("sampled_metrics"):
+            out["sm_sampled"] = float(report["sampled_mean"])
+    rows = [r for r in record.rows if isinstance(r.get("supermask"), dict) and r["round"] > 0]
+    if rows:
+        out["sm_bits_up"] = float(rows[-1]["supermask"]["bits_per_weight_up"])
+    return out
+
+
 def summarise_label(
     label: str, records: Sequence[tuple[int, RunRecord, Path]], columns: Sequence[str] = ()
 ) -> LabelSummary:
@@ -579,6 +604,9 @@ def summarise_label(
             walls.append(wall)
         if "checkpoint" in columns:
             for key, value in checkpoint_stats(rec, run_dir).items():
+                extra.setdefault(key, []).append(value)
+        if "supermask" in columns:
+            for key, value in supermask_stats(rec, run_dir).items():
                 extra.setdefault(key, []).append(value)
     first = records[0][1]
     return LabelSummary(
@@ -641,7 +669,13 @@ def format_summary(
     run_seconds: float | None = None,
 ) -> str:
     """The sweep's Markdown summary: one row per label."""
-    extra_cols = [("sparse_ckpt_mb", "sparse ckpt MB"), ("dense_ckpt_mb", "dense ckpt MB")]
+    extra_cols = [
+        ("sparse_ckpt_mb", "sparse ckpt MB", ".2f"),
+        ("dense_ckpt_mb", "dense ckpt MB", ".2f"),
+        ("sm_sparsity_pct", "mask sparsity %", ".2f"),
+        ("sm_sampled", "sampled masks", ".4f"),
+        ("sm_bits_up", "bits up per masked weight", ".3g"),
+    ]
     extra_cols = [c for c in extra_cols if any(c[0] in s.extra for s in summaries)]
     head = [
         "label",
@@ -654,7 +688,7 @@ def format_summary(
         "MB up+down",
         "FME",
         "wall time (s)",
-        *[title for _, title in extra_cols],
+        *[title for _, title, _ in extra_cols],
     ]
     lines = [
         f"# {experiment.name}: {experiment.title}",
@@ -678,6 +712,8 @@ def format_summary(
         )
         if s.method in ("bitfit", "layers"):
             density = "(whole tensors)"
+        elif s.method == "supermask":
+            density = "(learned mask)"
         row = [
             s.label,
             s.method,
@@ -689,10 +725,18 @@ def format_summary(
             _cell(s.total_mb, ".2f"),
             _cell(s.fme, ".3g"),
             _cell(s.wall_time, ".0f"),
-            *[_cell(s.extra.get(key, (None, None)), ".2f") for key, _ in extra_cols],
+            *[_cell(s.extra.get(key, (None, None)), spec) for key, _, spec in extra_cols],
         ]
         lines.append("| " + " | ".join(row) + " |")
-    if extra_cols:
+    if any(key.startswith("sm_") for key, _, _ in extra_cols):
+        lines += [
+            "",
+            "Supermask runs: mask sparsity = masked weights dropped by the final most likely "
+            "mask; sampled masks = the metric with masks sampled from the final scores (mean "
+            "over the samples, then over seeds); bits up per masked weight = the bytes of a "
+            "reply in the last round, as serialised, x 8 / masked weights.",
+        ]
+    if any(key.endswith("ckpt_mb") for key, _, _ in extra_cols):
         lines += [
             "",
             "Checkpoint storage of a checkpoint after every round (the initial model not "
