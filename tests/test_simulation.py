@@ -145,7 +145,14 @@ def test_cli_bad_config_one_line_error(args: list[str], message: str, tmp_path: 
 
 
 @pytest.mark.parametrize(
-    "preset", ["sst2-minilm", "cifar10-resnet34", "cifar10-resnet34-paper", "glue-bert-large"]
+    "preset",
+    [
+        "sst2-minilm",
+        "sst2-minilm-supermask",
+        "cifar10-resnet34",
+        "cifar10-resnet34-paper",
+        "glue-bert-large",
+    ],
 )
 def test_presets_are_valid(preset: str) -> None:
     config = load_preset(preset)

@@ -308,3 +308,40 @@ def test_run_folder_report_and_delta(shared_data: Path, tmp_path: Path) -> None:
     assert stats["sm_sampled"] == pytest.approx(report["sampled_mean"])
     assert stats["sm_bits_up"] == pytest.approx(rows[-1]["supermask"]["bits_per_weight_up"])
     assert supermask_stats(load_run(run_dir), None).keys() == {"sm_bits_up"}
+
+
+@pytest.mark.slow
+def test_minilm_supermask_preset_shortened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supermask preset on the real MiniLM, shortened: 1 bit per weight, frozen weights."""
+    from sims.commands.run import load_preset
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = load_preset(
+        "sst2-minilm-supermask",
+        [
+            "rounds=2",
+            "local-steps=2",
+            "batch-size=8",
+            "train-examples=400",
+            "fisher-samples=32",
+            "eval-examples=64",
+            "supermask-eval-samples=1",
+            "progress=false",
+            f"out-dir={tmp_path}",
+        ],
+    )
+    run_dir = tmp_path / "run"
+    summary = run_server(InProcessGrid(2), config, run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    sm = rows[2]["supermask"]
+    # The encoder's 36 weight matrices of MiniLM: 6 blocks x (4 x 384^2 + 2 x 384 x 1536).
+    assert sm["masked_weights"] == 6 * (4 * 384 * 384 + 2 * 384 * 1536) == 10_616_832
+    assert sm["mask_bits_per_weight"] == 1.0
+    # A reply: the packed mask plus the head's 770 float32 values and framing.
+    assert 1.0 < sm["bits_per_weight_up"] < 1.01
+    assert summary["full_model_bytes"] == 4 * 22_713_986
+    assert sm["sparsity_expected"] > 0.0067  # the scores moved away from +5
+    # Downlink each round: the scores and head as float32, once per node.
+    assert rows[2]["bytes_down"] > 2 * 4 * 10_616_832
+    report = json.loads((run_dir / "supermask.json").read_text())
+    assert len(report["layers"]) == 36
