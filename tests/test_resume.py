@@ -58,8 +58,10 @@ def _rows(run_dir: Path) -> list[dict[str, object]]:
         {"optimizer": "adamw", "lr": 0.01, "warmup_rounds": 1, "mask_refresh": 2},
         # Sampling 1 of 2 nodes per round from the run's seeded generator.
         {"clients_per_round": 1},
+        # Federated supermask: scores and head, Adam state, sampled masks seeded per round.
+        {"mask_method": "supermask", "lr": 0.01, "partition": "dirichlet"},
     ],
-    ids=["warmup-refresh-adamw", "sampled"],
+    ids=["warmup-refresh-adamw", "sampled", "supermask"],
 )
 def test_resumed_run_ends_like_an_uninterrupted_one(
     shared_data: Path, tmp_path: Path, changes: dict[str, object]
