@@ -674,7 +674,7 @@ def format_summary(
         ("dense_ckpt_mb", "dense ckpt MB", ".2f"),
         ("sm_sparsity_pct", "mask sparsity %", ".2f"),
         ("sm_sampled", "sampled masks", ".4f"),
-        ("sm_bits_up", "bits up per masked weight", ".3g"),
+        ("sm_bits_up", "bits up per masked weight", ".4g"),
     ]
     extra_cols = [c for c in extra_cols if any(c[0] in s.extra for s in summaries)]
     head = [
