@@ -31,6 +31,12 @@ from fish_fl.checkpoint import state_fingerprint
 from fish_fl.config import RunConfig
 from fish_fl.masks import Mask
 from fish_fl.models import resolve_device
+from fish_fl.supermask import (
+    SupermaskLayout,
+    SupermaskModel,
+    scores_fingerprint,
+    values_from_masks,
+)
 from fish_fl.task import TaskData, build_task_model, load_task_data
 
 __all__ = ["NodeError", "Runtime", "SyncedModel", "runtime"]
@@ -304,6 +310,49 @@ class Runtime:
             raise NodeError(f"{MISSING_MASK}: mask version {version} not on this node")
         return stored
 
+    @staticmethod
+    def _supermask_values(
+        model: nn.Module, mask: Mask, head: Tensor, cfg: ConfigRecord, arrays: ArrayRecord
+    ) -> Tensor:
+        """The ``k``-vector of a supermask message whose scores came down as masks.
+
+        ``model`` holds the base (whose scores are the initial ones); the
+        scores are rebuilt from the last round's masks and checked against
+        the server's fingerprint.
+        """
+        if not isinstance(model, SupermaskModel):
+            raise NodeError("a supermask message reached a node whose model is not a supermask")
+        layout = SupermaskLayout.of(model, mask)
+        packed: list[np.ndarray] = []
+        weights: list[float] = []
+        if P.SCORE_MASKS in arrays:
+            rows = arrays[P.SCORE_MASKS].numpy()
+            raw = arrays[P.SCORE_WEIGHTS].numpy() if P.SCORE_WEIGHTS in arrays else None
+            if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != layout.packed_bytes:
+                raise NodeError(
+                    f"score masks must be uint8 rows of {layout.packed_bytes} bytes, "
+                    f"got {rows.dtype} {rows.shape}"
+                )
+            if raw is None or raw.shape != (rows.shape[0],):
+                raise NodeError("score masks came without one weight per mask")
+            packed, weights = list(rows), [float(w) for w in raw]
+        try:
+            values = values_from_masks(
+                mask.gather(model),
+                layout,
+                head,
+                packed,
+                weights,
+                max_score=model.config.score_high,
+            )
+        except ValueError as e:
+            raise NodeError(f"cannot rebuild the scores: {e}") from None
+        expected = str(cfg.get(P.CFG_SCORES_FINGERPRINT, ""))
+        got = scores_fingerprint(values, layout)
+        if got != expected:
+            raise NodeError(f"rebuilt scores have fingerprint {got}, the server's are {expected}")
+        return values
+
     # -- one message ------------------------------------------------------------
     def sync(
         self, content: RecordDict, state: RecordDict, *, with_mask: bool = True
@@ -320,6 +369,8 @@ class Runtime:
         if with_mask:
             mask = self.mask(cfg, arrays, state)
             values = torch.from_numpy(arrays[P.VALUES].numpy().astype(np.float32, copy=True))
+            if config.supermask_masks_down:
+                values = self._supermask_values(model, mask, values, cfg, arrays)
             mask.scatter(model, values)
         if P.BUFFERS in arrays:
             P.load_flat_buffers(model, torch.from_numpy(arrays[P.BUFFERS].numpy().copy()))

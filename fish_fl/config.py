@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .masks import MaskSpec, available_builders
 from .supermask import DEFAULT_MASKABLE, SupermaskConfig
-from .supermask.federated import UPLINKS
+from .supermask.federated import DOWNLINKS, UPLINKS
 from .training import OptimizerConfig
 
 __all__ = ["VISION_MASKABLE", "ConfigError", "RunConfig", "parse_override"]
@@ -168,6 +168,14 @@ class RunConfig:
             choices=UPLINKS,
         ),
     )
+    supermask_downlink: str = field(
+        default="auto",
+        metadata=_meta(
+            "the server sends the last round's sampled masks (1 bit per weight per client) "
+            "or float32 scores (auto: masks when the uplink is masks)",
+            choices=("auto", *DOWNLINKS),
+        ),
+    )
     supermask_initial_sparsity: float = field(
         default=0.0,
         metadata=_meta("fraction of each masked weight that starts off (smallest |w|)", min=0.0),
@@ -283,6 +291,11 @@ class RunConfig:
             raise ConfigError(
                 f"supermask-uplink=mask averages the sampled masks; it needs aggregation='mean', got {self.aggregation!r}"
             )
+        if self.supermask_downlink == "masks" and self.supermask_uplink != "mask":
+            raise ConfigError(
+                "supermask-downlink=masks forwards the clients' sampled masks; it needs "
+                f"supermask-uplink='mask', got {self.supermask_uplink!r}"
+            )
         if self.supermask_initial_sparsity >= 1.0:
             raise ConfigError(
                 f"supermask-initial-sparsity={self.supermask_initial_sparsity!r} must be < 1"
@@ -290,6 +303,15 @@ class RunConfig:
         self.supermask_config(vision=False)
 
     # -- views for the core -----------------------------------------------------
+    @property
+    def supermask_masks_down(self) -> bool:
+        """True when a supermask run sends its scores down as the last round's masks."""
+        if self.mask_method != "supermask":
+            return False
+        if self.supermask_downlink == "auto":
+            return self.supermask_uplink == "mask"
+        return self.supermask_downlink == "masks"
+
     def supermask_config(self, *, vision: bool) -> SupermaskConfig:
         """The supermask options of the run (``vision``: default patterns of a ResNet)."""
         maskable = self.supermask_maskable or (VISION_MASKABLE if vision else DEFAULT_MASKABLE)

@@ -11,6 +11,11 @@ Keys are kebab-case. A server-to-node message holds two records:
                     node that cannot patch its old one
     ``base-patch``  float32, the final values of the node's previous mask: the
                     node's old base with these values written in is the new base
+
+With a supermask whose scores go down as masks (``supermask-downlink=masks``),
+``values`` holds the head's values only and ``score-masks`` (uint8, one packed
+mask per row) with ``score-weights`` (float64) the last aggregation's sampled
+masks, from which the node rebuilds the scores (absent before the first one).
 ``"config"`` (ConfigRecord)
     see the ``CFG_*`` constants.
 
@@ -41,6 +46,8 @@ BASE_PATCH = "base-patch"
 UPDATE = "update"
 SCORES = "scores"
 SAMPLED_MASK = "sampled-mask"  # supermask uplink: a sampled binary mask, 1 bit per weight
+SCORE_MASKS = "score-masks"  # supermask downlink: the last round's packed masks, one row each
+SCORE_WEIGHTS = "score-weights"  # supermask downlink: their weights (float64)
 
 # -- config --------------------------------------------------------------------
 CFG_ROUND = "server-round"
@@ -55,6 +62,7 @@ CFG_LR = "lr"
 CFG_SEED = "seed"  # seed of this round's data order (nodes mix in their partition id)
 CFG_ACTION = "action"  # query messages: "fisher"
 CFG_RUN_KEY = "run-key"  # names the run; nodes keep their optimiser state on disk under it
+CFG_SCORES_FINGERPRINT = "scores-fingerprint"  # supermask mask downlink: the scores to rebuild
 
 # -- metrics -------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"

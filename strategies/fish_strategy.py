@@ -277,7 +277,7 @@ class FishMaskStrategy(Strategy):
         if rec.mask_version != self.mask_version:
             arrays[P.MASK] = np.frombuffer(mask.to_bytes(), dtype=np.uint8).copy()
         values = self.values[positions]
-        arrays[P.VALUES] = values.numpy()
+        arrays.update(self._value_arrays(values))
         buffers = P.flat_buffers(self.model)
         if buffers.numel():
             arrays[P.BUFFERS] = buffers.numpy()
@@ -296,6 +296,7 @@ class FishMaskStrategy(Strategy):
             P.CFG_SEED: self.config.seed * 1_000_003 + rnd * 1009,
             P.CFG_RUN_KEY: self.run_key,
         }
+        cfg.update(self._value_config(values))
         if not rec.has_config:
             cfg[P.CFG_RUN_CONFIG] = self.config.to_json()
         content = RecordDict({P.ARRAYS: record, P.CONFIG: ConfigRecord(cfg)})
@@ -411,7 +412,15 @@ class FishMaskStrategy(Strategy):
             return str(e)
         return delta
 
-    # Hooks of a reply's layout and of the combination, for subclasses.
+    # Hooks of what goes down, of a reply's layout and of the combination, for subclasses.
+    def _value_arrays(self, values: torch.Tensor) -> dict[str, np.ndarray]:
+        """The arrays that carry a node's current masked ``values``."""
+        return {P.VALUES: values.numpy()}
+
+    def _value_config(self, values: torch.Tensor) -> dict[str, Any]:
+        """Config entries that go with them."""
+        return {}
+
     def _reply_arrays(self) -> set[str]:
         """Arrays a training reply carries besides ``buffers``."""
         return {P.UPDATE}
@@ -721,6 +730,13 @@ class FishMaskStrategy(Strategy):
                 logger.info("communication budget reached after round %d; stopping", rnd)
                 break
         return result
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors a subclass adds to the checkpoint (names start with ``extra/``)."""
+        return {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`extra_state` saved."""
 
     def resume(self, path: Path) -> int:
         """Continue from a checkpoint (see :mod:`strategies.state`); returns its round."""

@@ -14,7 +14,9 @@ Tensors:
 - ``values``, ``base-values``, ``prev-values``: the masked values now, when
   the current base was taken, and before the last base change;
 - ``plan/<which>/union`` and ``plan/<which>/slot<i>``: the mask plans (the
-  compact mask encoding) and ``plan/<which>/pos<i>`` their slot positions.
+  compact mask encoding) and ``plan/<which>/pos<i>`` their slot positions;
+- ``extra/...``: what a strategy subclass keeps besides (a supermask run: the
+  sampled masks and weights its current scores were made from).
 
 Metadata (JSON): round, mask and base versions, phase, the ledger, the
 sampling generator's state, the elapsed wall time, the run key nodes use to
@@ -108,6 +110,7 @@ def save_server_state(
         **_plan_tensors("plan/current", strategy.plan),
         **_plan_tensors("plan/base", strategy.base_plan),
         **_plan_tensors("plan/prev", strategy.prev_plan),
+        **strategy.extra_state(),
     }
     meta = {
         "round": rnd,
@@ -192,4 +195,5 @@ def load_server_state(strategy: FishMaskStrategy, path: Path) -> dict[str, Any]:
     strategy.ledger = CommLedger.from_dict(meta["ledger"])
     _set_rng_state(strategy.rng, meta["rng"])
     strategy.nodes = {}
+    strategy.load_extra_state({k: v for k, v in tensors.items() if k.startswith("extra/")})
     return meta

@@ -32,7 +32,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from fish_fl import protocol as P
 from fish_fl.aggregate import ClientUpdate, aggregate_updates
 from fish_fl.ledger import CommLedger
-from fish_fl.supermask import SupermaskLayout, SupermaskModel
+from fish_fl.supermask import SupermaskLayout, SupermaskModel, scores_fingerprint
 
 from .fish_strategy import FishMaskStrategy, _Sent
 
@@ -63,6 +63,9 @@ class SupermaskStrategy(FishMaskStrategy):
         self.layout: SupermaskLayout | None = None
         self._masks: list[tuple[np.ndarray, float]] = []
         self._bits_up: list[float] = []
+        # The masks and weights the current scores were made from (mask downlink).
+        self.last_masks: list[np.ndarray] = []
+        self.last_weights: list[float] = []
 
     @property
     def sends_masks(self) -> bool:
@@ -73,6 +76,27 @@ class SupermaskStrategy(FishMaskStrategy):
         if self.layout is None or self.layout.k != self.plan.union.k:
             self.layout = SupermaskLayout.of(self.wrapper, self.plan.union)
         return self.layout
+
+    @property
+    def masks_down(self) -> bool:
+        return self.config.supermask_masks_down
+
+    # -- what goes down -----------------------------------------------------------
+    def _value_arrays(self, values: torch.Tensor) -> dict[str, np.ndarray]:
+        if not self.masks_down:
+            return super()._value_arrays(values)
+        # The head as float32; the scores as the masks they were made from.
+        layout = self._current_layout()
+        arrays = {P.VALUES: layout.head(values).numpy()}
+        if self.last_masks:
+            arrays[P.SCORE_MASKS] = np.stack(self.last_masks)
+            arrays[P.SCORE_WEIGHTS] = np.asarray(self.last_weights, dtype=np.float64)
+        return arrays
+
+    def _value_config(self, values: torch.Tensor) -> dict[str, Any]:
+        if not self.masks_down:
+            return {}
+        return {P.CFG_SCORES_FINGERPRINT: scores_fingerprint(values, self._current_layout())}
 
     # -- replies ----------------------------------------------------------------
     def _reply_arrays(self) -> set[str]:
@@ -109,6 +133,7 @@ class SupermaskStrategy(FishMaskStrategy):
         # The head's updates in head order: aggregate over the k-vector, then pick.
         head = aggregate_updates(updates, layout.k, self.config.aggregation)[layout.head_positions]
         packed, weights = zip(*self._masks, strict=True)
+        self.last_masks, self.last_weights = list(packed), [float(w) for w in weights]
         return combine_sampled_masks(
             self.values,
             layout,
@@ -124,6 +149,20 @@ class SupermaskStrategy(FishMaskStrategy):
         self._masks, self._bits_up = [], []
         return super().aggregate_train(server_round, replies)
 
+    # -- checkpoint ---------------------------------------------------------------
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        if not self.last_masks:
+            return {}
+        return {
+            "extra/score-masks": torch.from_numpy(np.stack(self.last_masks)),
+            "extra/score-weights": torch.tensor(self.last_weights, dtype=torch.float64),
+        }
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if "extra/score-masks" in tensors:
+            self.last_masks = list(tensors["extra/score-masks"].numpy())
+            self.last_weights = [float(w) for w in tensors["extra/score-weights"]]
+
     # -- per-round log ----------------------------------------------------------
     def _row(
         self, rnd: int, ev: dict[str, float] | None, fed: MetricRecord | None, round_time: float
@@ -132,6 +171,7 @@ class SupermaskStrategy(FishMaskStrategy):
         probs = torch.cat([p.reshape(-1).double() for p in self.wrapper.probabilities().values()])
         numel = int(probs.numel())
         messages = max(1, int(row.get("messages_up") or 0))
+        sent = max(1, int(row.get("messages_down") or 0))
         row["supermask"] = {
             "uplink": self.config.supermask_uplink,
             "masked_weights": numel,
@@ -140,5 +180,7 @@ class SupermaskStrategy(FishMaskStrategy):
             # Measured on the serialised replies: bytes up per reply, per masked weight.
             "bits_per_weight_up": 0.0 if rnd == 0 else 8.0 * row["bytes_up"] / messages / numel,
             "mask_bits_per_weight": self._bits_up[0] if self._bits_up and rnd > 0 else None,
+            "downlink": "masks" if self.masks_down else "scores",
+            "bits_per_weight_down": 0.0 if rnd == 0 else 8.0 * row["bytes_down"] / sent / numel,
         }
         return row

@@ -102,6 +102,10 @@ def test_resumed_run_ends_like_an_uninterrupted_one(
     ref_rows, rows = _rows(ref_dir), _rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
     for a, b in zip(ref_rows, rows, strict=True):
+        if a["round"] >= 3:  # the resynced nodes' downlink differs there too
+            for row in (a, b):
+                if isinstance(row.get("supermask"), dict):
+                    row["supermask"].pop("bits_per_weight_down")
         skip = TIMING | (
             {k for k in a if k.startswith("cum_")} | TRAFFIC if a["round"] >= 3 else set()
         )

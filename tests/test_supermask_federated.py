@@ -105,6 +105,10 @@ def test_combine_sampled_masks_by_hand() -> None:
         ({"supermask-initial-sparsity": 1.0}, "supermask-initial-sparsity=1.0 must be < 1"),
         ({"supermask-uplink": "bits"}, "supermask-uplink='bits' is not allowed"),
         ({"supermask-score-lr": 0}, "supermask-score-lr=0.0 must be > 0.0"),
+        (
+            {"supermask-uplink": "scores", "supermask-downlink": "masks"},
+            "supermask-downlink=masks forwards the clients' sampled masks",
+        ),
     ],
 )
 def test_bad_supermask_config(values: dict[str, object], expected: str) -> None:
@@ -226,6 +230,59 @@ def test_score_updates_are_averaged(shared_data: Path) -> None:
     assert not torch.equal(strategy.values, strategy.base_values)
 
 
+def test_mask_downlink_rebuilds_the_same_run(shared_data: Path, tmp_path: Path) -> None:
+    """Masks down (n bits per weight) or float32 scores down: bit for bit the same model."""
+    runs = {}
+    for downlink in ("masks", "scores"):
+        config = _config(shared_data, rounds=3, supermask_downlink=downlink)
+        recorder = RunRecorder(tmp_path / downlink, config, stream=None)
+        strategy = make_strategy(config, recorder)
+        grid = InProcessGrid(2)
+        strategy.start(grid)
+        runs[downlink] = (strategy, recorder.rows, grid)
+    masks, scores = runs["masks"][0], runs["scores"][0]
+    assert torch.equal(masks.values, scores.values)
+    for (name, a), (_, b) in zip(
+        masks.model.named_parameters(), scores.model.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    layout = masks.layout
+    assert layout is not None
+    # Rounds 2 and 3 send each node the 2 masks of the last round, not float32 scores.
+    buffers = P.flat_buffers(masks.model).numel()
+    for rnd in (2, 3):
+        row = runs["masks"][1][rnd]
+        per_message = row["bytes_down"] / row["messages_down"]
+        payload = 2 * layout.packed_bytes + 4 * (layout.num_head + buffers)
+        assert payload < per_message < payload + 2000
+        assert row["supermask"]["downlink"] == "masks"
+        assert row["supermask"]["bits_per_weight_down"] < 0.2 * 32
+        assert runs["scores"][1][rnd]["bytes_down"] > 4 * layout.num_scores * 2
+    # Round 1: the scores are the base's initial ones; only the head goes down.
+    row = runs["masks"][1][1]
+    assert row["bytes_down"] / 2 < 4 * layout.num_scores
+
+
+def test_node_refuses_scores_it_cannot_rebuild(
+    shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _config(shared_data, rounds=2)
+    strategy = make_strategy(config)
+    original = strategy._value_config
+
+    def wrong(values: torch.Tensor) -> dict[str, object]:
+        out = original(values)
+        if strategy.last_masks:  # from round 2: claim other scores than the masks give
+            out[P.CFG_SCORES_FINGERPRINT] = "0" * 16
+        return out
+
+    strategy._value_config = wrong  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING):
+        strategy.start(InProcessGrid(2))
+    assert strategy._round_stats.skipped and strategy._round_stats.rejected == 2
+    assert "rebuilt scores have fingerprint" in caplog.text
+
+
 def _bad_mask(kind: str):
     def tamper(rnd: int, node: int, msg: Message, reply: Message) -> Message | None:
         if node != 1001:
@@ -341,7 +398,9 @@ def test_minilm_supermask_preset_shortened(tmp_path: Path, monkeypatch: pytest.M
     assert 1.0 < sm["bits_per_weight_up"] < 1.01
     assert summary["full_model_bytes"] == 4 * 22_713_986
     assert sm["sparsity_expected"] > 0.0067  # the scores moved away from +5
-    # Downlink each round: the scores and head as float32, once per node.
-    assert rows[2]["bytes_down"] > 2 * 4 * 10_616_832
+    # Downlink of round 2: round 1's two packed masks and the head, per node: 2 bits per weight.
+    per_node = rows[2]["bytes_down"] / 2
+    assert 2 * 1_327_104 + 4 * 770 < per_node < 2 * 1_327_104 + 4 * 770 + 4000
+    assert 2.0 < sm["bits_per_weight_down"] < 2.01
     report = json.loads((run_dir / "supermask.json").read_text())
     assert len(report["layers"]) == 36

@@ -15,7 +15,14 @@ Single machine::
 
 from . import builder  # noqa: F401  (registers the "supermask" mask builder)
 from .config import DEFAULT_MASKABLE, SupermaskConfig
-from .federated import UPLINKS, SupermaskLayout, combine_sampled_masks
+from .federated import (
+    DOWNLINKS,
+    UPLINKS,
+    SupermaskLayout,
+    combine_sampled_masks,
+    scores_fingerprint,
+    values_from_masks,
+)
 from .layer import (
     MaskKind,
     SupermaskModel,
@@ -46,7 +53,10 @@ from .train import (
 
 __all__ = [
     "DEFAULT_MASKABLE",
+    "DOWNLINKS",
     "UPLINKS",
+    "scores_fingerprint",
+    "values_from_masks",
     "SupermaskLayout",
     "combine_sampled_masks",
     "LayerSparsity",

@@ -18,6 +18,13 @@ parameters). Clients train both locally and reply in one of two ways:
     al., "Sparse random networks for communication-efficient federated
     learning", ICLR 2023); the head's updates are averaged as usual.
 
+With sampled masks the new scores depend on the last round's masks and
+weights alone, so the server can send those instead of the float32 scores:
+``n`` bits per masked weight for ``n`` clients per round, and the node
+rebuilds exactly the server's scores (:func:`values_from_masks`, checked by
+:func:`scores_fingerprint`). Before the first aggregation the scores are the
+initial ones, which every node holds in its base.
+
 Everything here is framework-free; the Flower strategy and client call it.
 """
 
@@ -34,10 +41,19 @@ from ..masks import Mask
 from .layer import SupermaskModel
 from .pack import aggregate_sampled_masks, pack_mask, packed_size, sample_mask, unpack_mask
 
-__all__ = ["UPLINKS", "SupermaskLayout", "combine_sampled_masks"]
+__all__ = [
+    "DOWNLINKS",
+    "UPLINKS",
+    "SupermaskLayout",
+    "combine_sampled_masks",
+    "scores_fingerprint",
+    "values_from_masks",
+]
 
 #: What a client sends up: a sampled binary mask (1 bit per weight) or score updates.
 UPLINKS = ("mask", "scores")
+#: How the server sends the scores down: the last round's sampled masks, or float32 scores.
+DOWNLINKS = ("masks", "scores")
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,54 @@ class SupermaskLayout:
     def unpack(self, packed: np.ndarray) -> Tensor:
         """Check and unpack a client's sampled mask (raises ``ValueError`` if malformed)."""
         return unpack_mask(packed, self.num_scores)
+
+
+def scores_fingerprint(values: Tensor, layout: SupermaskLayout) -> str:
+    """A short hash of the score part of a ``k``-vector (float32 bytes)."""
+    import hashlib
+
+    data = layout.scores(values).detach().to("cpu", torch.float32).contiguous().numpy()
+    return hashlib.sha256(data.tobytes()).hexdigest()[:16]
+
+
+def values_from_masks(
+    base_values: Tensor,
+    layout: SupermaskLayout,
+    head: Tensor,
+    packed: Sequence[np.ndarray],
+    weights: Sequence[float],
+    *,
+    max_score: float = 5.0,
+) -> Tensor:
+    """The ``k``-vector a node rebuilds from a mask downlink.
+
+    Parameters
+    ----------
+    base_values
+        The ``k``-vector of the node's base (its scores are the initial ones).
+    head
+        The head's current values, ``num_head`` of them.
+    packed, weights
+        The sampled masks of the server's last aggregation and their weights;
+        empty before the first one (the scores are then the base's).
+
+    Raises
+    ------
+    ValueError
+        On a wrong-sized head or a malformed mask.
+    """
+    if base_values.numel() != layout.k:
+        raise ValueError(f"base values have {base_values.numel()} entries, the layout {layout.k}")
+    if head.numel() != layout.num_head:
+        raise ValueError(f"head has {head.numel()} values, the layout {layout.num_head}")
+    out = base_values.clone().float()
+    out[layout.head_positions] = head.float()
+    if len(packed):
+        _, scores = aggregate_sampled_masks(
+            list(packed), layout.num_scores, list(weights), max_score=max_score
+        )
+        out[layout.score_positions] = scores
+    return out
 
 
 def combine_sampled_masks(
