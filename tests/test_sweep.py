@@ -39,6 +39,7 @@ SHIPPED = [
     "fisher-kind",
     "from-scratch",
     "samples",
+    "supermask",
     "table1",
 ]
 
@@ -349,6 +350,17 @@ def test_a_finished_run_of_another_config_is_refused(tmp_path: Path) -> None:
         _plan(tmp_path)
     # Cosmetic keys do not count.
     _write_run(plan[0].config.replace(progress=False, out_dir="elsewhere"), plan[0].run_dir, [0.5])
+    assert _plan(tmp_path)[0].done
+    # A key the finished run does not know (added to RunConfig since) counts as
+    # its default; a planned value other than the default is refused.
+    config_file = plan[0].run_dir / "config.json"
+    older = json.loads(config_file.read_text())
+    del older["supermask-downlink"], older["lr"]
+    config_file.write_text(json.dumps(older))
+    with pytest.raises(SweepError, match=r"lr=0.001, the sweep plans lr=0.01"):
+        _plan(tmp_path)
+    older["lr"] = 0.01
+    config_file.write_text(json.dumps(older))
     assert _plan(tmp_path)[0].done
 
 

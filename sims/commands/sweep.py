@@ -417,6 +417,10 @@ def _check_same_config(item: PlannedRun, where: str) -> None:
     except (OSError, json.JSONDecodeError) as e:
         raise SweepError(f"{where}: cannot read {path} of the finished run ({e})") from None
     planned = json.loads(item.config.to_json())
+    # A key the finished run's config lacks was added to RunConfig later; new
+    # keys default to what the code did before them.
+    defaults = json.loads(RunConfig().to_json())
+    done = {**{k: v for k, v in defaults.items() if k not in done}, **done}
     for key in sorted(set(planned) | set(done)):
         if key not in _COSMETIC and planned.get(key) != done.get(key):
             raise SweepError(
