@@ -99,7 +99,8 @@ class RunRecord:
     @property
     def label(self) -> str:
         """Legend label: run name, method and density."""
-        if self.method == "dense" or self.density is None:
+        # Dense, BitFit, layer masks and supermasks do not follow the density key.
+        if self.method in ("dense", "bitfit", "layers", "supermask") or self.density is None:
             return f"{self.name} ({self.method})"
         return f"{self.name} ({self.method}, {_percent(self.density)})"
 

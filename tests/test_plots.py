@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,10 @@ def test_load_run_reads_config_rows_and_summary(tmp_path: Path) -> None:
     assert rec.method == "fish" and rec.density == 0.01
     assert rec.rounds_run == 3
     assert rec.label == "fish-1pc (fish, 1%)"
+    # Methods whose size is not the density key get no density in the legend.
+    for method in ("supermask", "bitfit"):
+        other = replace(rec, config={**rec.config, "mask-method": method})
+        assert other.label == f"fish-1pc ({method})"
     assert rec.metric_name() == "accuracy"
     # Round 2 was not evaluated: it is skipped, not read as zero.
     assert [v for _, v in rec.evaluated()] == [0.5, 0.6, 0.8]
