@@ -283,11 +283,14 @@ def accuracy_vs_communication_figure(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    many = len(records) > 8
+    fig = Figure(figsize=(9.0, 5.5) if many else (7.0, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     drawn = 0
-    for record in records:
+    # Ten colours, then the same colours dashed, dash-dotted, dotted: every line its own style.
+    styles = ("-", "--", "-.", ":")
+    for index, record in enumerate(records):
         values = record.evaluated(metric)
         if metric is not None and not values:
             raise ValueError(
@@ -303,7 +306,16 @@ def accuracy_vs_communication_figure(
             logger.warning("run %s has no evaluated round to plot against %s", record.name, x)
             continue
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=record.label)
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            markersize=3,
+            linewidth=1.5,
+            color=f"C{index % 10}",
+            linestyle=styles[(index // 10) % len(styles)],
+            label=record.label,
+        )
         drawn += 1
     if not drawn:
         raise ValueError(
@@ -319,7 +331,10 @@ def accuracy_vs_communication_figure(
     title = f"{metric_names[0] if len(metric_names) == 1 else 'metric'} vs communication"
     ax.set_title(f"{', '.join(tasks)}: {title}" if tasks else title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    if many:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize="small")
     return fig
 
 

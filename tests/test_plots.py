@@ -192,6 +192,13 @@ def _data(line: Any, axis: str) -> list[float]:
     return np.asarray(line.get_xdata() if axis == "x" else line.get_ydata()).tolist()
 
 
+def test_many_runs_get_distinct_line_styles(tmp_path: Path) -> None:
+    runs = [write_run(tmp_path, f"r{i}", density=0.01, scores=(0.5, 0.6)) for i in range(15)]
+    (ax,) = accuracy_vs_communication_figure(runs).axes
+    styles = {(line.get_color(), line.get_linestyle()) for line in ax.get_lines()}
+    assert len(ax.get_lines()) == 15 and len(styles) == 15
+
+
 def test_figure_has_one_line_per_run_on_a_log_axis(tmp_path: Path) -> None:
     fish = write_run(tmp_path, "a", density=0.005, numel=20_000, scores=(0.5, 0.7, 0.8))
     dense = write_run(tmp_path, "b", method="dense", numel=20_000, scores=(0.5, 0.75, None, 0.9))
