@@ -17,6 +17,7 @@ plotting stack and plotting never touches a global backend.
 from __future__ import annotations
 
 import json
+import re
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -256,7 +257,10 @@ def load_run(run_dir: str | Path) -> RunRecord:
             rows.append(row)
     summary_path = run_dir / SUMMARY_FILE
     summary = _read_json(summary_path) if summary_path.is_file() else None
-    name = run_dir.resolve().name
+    resolved = run_dir.resolve()
+    name = resolved.name
+    if re.fullmatch(r"seed-\d+", name):  # a sweep's LABEL/seed-S folder: name it by both
+        name = f"{resolved.parent.name}/{name}"
     logger.debug("read run %s: %d rows, summary=%s", name, len(rows), summary is not None)
     return RunRecord(name=name, config=config, rows=rows, summary=summary)
 

@@ -112,6 +112,8 @@ def test_load_run_reads_config_rows_and_summary(tmp_path: Path) -> None:
     run = write_run(tmp_path, "fish-1pc", density=0.01, scores=(0.5, 0.6, None, 0.8))
     rec = load_run(run)
     assert rec.name == "fish-1pc"
+    sweep_run = write_run(tmp_path / "fish-2pc", "seed-3", density=0.02, scores=(0.5,))
+    assert load_run(sweep_run).name == "fish-2pc/seed-3"
     assert rec.config["mask-method"] == "fish"
     assert [r["round"] for r in rec.rows] == [0, 1, 2, 3]
     assert rec.summary is not None and rec.summary["model_numel"] == 10_000
