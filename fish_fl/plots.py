@@ -17,8 +17,8 @@ plotting stack and plotting never touches a global backend.
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
