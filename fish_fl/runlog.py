@@ -91,6 +91,10 @@ class RunRecorder:
         if not resume:
             self.metrics_path.write_text("")
         self._header_printed = False
+        # Supermask runs also show the share of masked weights the most likely mask drops.
+        self.columns = self.COLUMNS + (
+            (("dropped", 8),) if config.mask_method == "supermask" else ()
+        )
 
     def restore(self, rnd: int, mask: Mask | None, mask_version: int) -> None:
         """Continue a run folder after round ``rnd``: drop anything logged later.
@@ -142,7 +146,7 @@ class RunRecorder:
         if self.stream is None:
             return
         if not self._header_printed:
-            head = " ".join(f"{name:>{w}}" for name, w in self.COLUMNS)
+            head = " ".join(f"{name:>{w}}" for name, w in self.columns)
             print(head, file=self.stream)
             print("-" * len(head), file=self.stream)
             self._header_printed = True
@@ -160,8 +164,12 @@ class RunRecorder:
             f"{row.get('cum_fme', 0.0):.3f}",
             f"{row.get('wall_time', 0.0):.0f}s",
         ]
+        if len(self.columns) > len(self.COLUMNS):
+            sm = row.get("supermask") or {}
+            dropped = sm.get("sparsity_threshold")
+            cells.append("-" if dropped is None else f"{100 * dropped:.2f}%")
         print(
-            " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, self.COLUMNS, strict=True)),
+            " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, self.columns, strict=True)),
             file=self.stream,
             flush=True,
         )

@@ -404,3 +404,27 @@ def test_minilm_supermask_preset_shortened(tmp_path: Path, monkeypatch: pytest.M
     assert 2.0 < sm["bits_per_weight_down"] < 2.01
     report = json.loads((run_dir / "supermask.json").read_text())
     assert len(report["layers"]) == 36
+
+
+def test_terminal_table_shows_the_dropped_share(tmp_path: Path) -> None:
+    import io
+
+    row = {
+        "round": 1,
+        "phase": "sparse",
+        "score": 0.5,
+        "eval": {"loss": 0.7},
+        "train_loss": 0.6,
+        "replies": 2,
+        "bytes_up": 10,
+        "bytes_down": 20,
+        "cum_fme": 0.1,
+        "wall_time": 3,
+        "supermask": {"sparsity_threshold": 0.0421},
+    }
+    for method, last_head, last_cell in (("supermask", "dropped", "4.21%"), ("fish", "time", "3s")):
+        out = io.StringIO()
+        config = RunConfig.from_mapping({"mask-method": method})
+        RunRecorder(tmp_path / method, config, stream=out).log_round(row)
+        lines = out.getvalue().splitlines()
+        assert lines[0].split()[-1] == last_head and lines[2].split()[-1] == last_cell
