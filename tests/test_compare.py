@@ -72,6 +72,16 @@ def test_reduction_against_analytic_dense_fedavg(tmp_path: Path) -> None:
     assert compare_runs([load_run(crashed)]).reductions == [pytest.approx(320_000 / 1000)]
 
 
+def test_density_column_of_whole_tensor_and_supermask_runs(tmp_path: Path) -> None:
+    bitfit = write_run(tmp_path, "bitfit", method="bitfit", density=0.005, scores=(0.5, 0.6))
+    summary = json.loads((bitfit / "summary.json").read_text())
+    summary["k"] = 250  # the biases of a 10,000-parameter model
+    (bitfit / "summary.json").write_text(json.dumps(summary))
+    supermask = write_run(tmp_path, "sm", method="supermask", density=0.005, scores=(0.5, 0.6))
+    rows = compare_runs([load_run(bitfit), load_run(supermask)]).rows
+    assert rows[0]["density"] == "2.5%" and rows[1]["density"] == "(mask)"
+
+
 def test_run_without_rounds_or_evaluation(tmp_path: Path) -> None:
     run = write_run(tmp_path, "fresh", scores=(None,))
     row = compare_runs([load_run(run)]).rows[0]

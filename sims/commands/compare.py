@@ -70,6 +70,15 @@ def _megabytes(nbytes: int) -> str:
 def _density(record: RunRecord) -> str:
     if record.method == "dense":
         return "100%"
+    if record.method == "supermask":
+        return "(mask)"  # trains scores over frozen weights, not a share of them
+    if record.method in ("bitfit", "layers"):
+        # Whole tensors: the share trained is what the run's summary counted.
+        k = (record.summary or {}).get("k")
+        numel = (record.summary or {}).get("model_numel")
+        if isinstance(k, int) and isinstance(numel, int) and numel > 0:
+            return f"{100 * k / numel:.3g}%"
+        return "n/a"
     if record.density is None:
         return "n/a"
     return f"{100 * record.density:.3g}%"
