@@ -108,7 +108,8 @@ def train(msg: Message, context: Context) -> Message:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         if supermask is not None:
-            supermask.generator.manual_seed(seed)
+            # Training samples drawn on the device that trains (no uniforms copied per pass).
+            supermask.generator = torch.Generator(device=synced.device).manual_seed(seed)
         stats = train_steps(
             sparse,
             optimizer,
