@@ -172,7 +172,7 @@ class RunConfig:
         default="auto",
         metadata=_meta(
             "the server sends the last round's sampled masks (1 bit per weight per client) "
-            "or float32 scores (auto: masks when the uplink is masks)",
+            "or float32 scores (auto: masks when the uplink is masks and under 32 clients a round)",
             choices=("auto", *DOWNLINKS),
         ),
     )
@@ -287,6 +287,11 @@ class RunConfig:
                 raise ConfigError(
                     f"mask-method=supermask learns its own mask; it needs {key}={allowed!r}, got {value!r}"
                 )
+        if self.optimizer != "adamw":
+            raise ConfigError(
+                "mask-method=supermask trains its scores with Adam and its head with AdamW; "
+                f"it needs optimizer='adamw', got {self.optimizer!r}"
+            )
         if self.supermask_uplink == "mask" and self.aggregation != "mean":
             raise ConfigError(
                 f"supermask-uplink=mask averages the sampled masks; it needs aggregation='mean', got {self.aggregation!r}"
@@ -309,7 +314,8 @@ class RunConfig:
         if self.mask_method != "supermask":
             return False
         if self.supermask_downlink == "auto":
-            return self.supermask_uplink == "mask"
+            # n masks of 1 bit per weight beat 32-bit scores below 32 replies a round.
+            return self.supermask_uplink == "mask" and self.sampled_clients < 32
         return self.supermask_downlink == "masks"
 
     def supermask_config(self, *, vision: bool) -> SupermaskConfig:

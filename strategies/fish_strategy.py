@@ -301,7 +301,7 @@ class FishMaskStrategy(Strategy):
             cfg[P.CFG_RUN_CONFIG] = self.config.to_json()
         content = RecordDict({P.ARRAYS: record, P.CONFIG: ConfigRecord(cfg)})
         sent = _Sent(rec.slot, self.mask_version, self.base_version, mask.k, positions, values)
-        paper = paper_message_bytes(mask.k, self.total)
+        paper = self._paper_bytes(mask.k)
         return content, sent, mask_bytes, paper
 
     def _query_records(self, rnd: int, node_id: int) -> tuple[RecordDict, _Sent]:
@@ -413,6 +413,10 @@ class FishMaskStrategy(Strategy):
         return delta
 
     # Hooks of what goes down, of a reply's layout and of the combination, for subclasses.
+    def _paper_bytes(self, k: int, *, value_bytes: int = 4) -> int:
+        """The paper's accounting of a message of ``k`` values (values and indices)."""
+        return paper_message_bytes(k, self.total, value_bytes=value_bytes)
+
     def _value_arrays(self, values: torch.Tensor) -> dict[str, np.ndarray]:
         """The arrays that carry a node's current masked ``values``."""
         return {P.VALUES: values.numpy()}
@@ -469,11 +473,7 @@ class FishMaskStrategy(Strategy):
             stats.replies += 1
             size = message_bytes(reply)
             sent = self._sent.get(node_id)
-            paper = (
-                paper_message_bytes(sent.k, self.total, value_bytes=self.codec.bytes_per_value)
-                if sent
-                else 0
-            )
+            paper = self._paper_bytes(sent.k, value_bytes=self.codec.bytes_per_value) if sent else 0
             self.ledger.record_up(server_round, size, paper_bytes=paper)
             checked = self._check(reply, sent)
             if isinstance(checked, str):

@@ -66,6 +66,7 @@ class SupermaskStrategy(FishMaskStrategy):
         # The masks and weights the current scores were made from (mask downlink).
         self.last_masks: list[np.ndarray] = []
         self.last_weights: list[float] = []
+        self._train_up = (0, 0)  # bytes and messages of the last round's training replies
 
     @property
     def sends_masks(self) -> bool:
@@ -109,8 +110,10 @@ class SupermaskStrategy(FishMaskStrategy):
         if not self.sends_masks:
             return
         packed = arrays[P.SAMPLED_MASK].numpy()
-        if packed.dtype != np.uint8:
-            raise ValueError(f"sampled mask must be uint8 bytes, got {packed.dtype}")
+        if packed.dtype != np.uint8 or packed.ndim != 1:
+            raise ValueError(
+                f"sampled mask must be a 1-D array of uint8 bytes, got {packed.dtype} {packed.shape}"
+            )
         self._current_layout().unpack(packed)  # raises on a wrong size or set padding bits
 
     def _client_update(
@@ -143,11 +146,22 @@ class SupermaskStrategy(FishMaskStrategy):
             max_score=self.wrapper.config.score_high,
         )
 
+    def _paper_bytes(self, k: int, *, value_bytes: int = 4) -> int:
+        return 0  # the paper's values-and-indices accounting does not describe a supermask
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._masks, self._bits_up = [], []
-        return super().aggregate_train(server_round, replies)
+        before = self.ledger.summary(server_round)
+        result = super().aggregate_train(server_round, replies)
+        after = self.ledger.summary(server_round)
+        # The training replies alone (federated evaluation replies come later).
+        self._train_up = (
+            after["bytes_up"] - before["bytes_up"],
+            after["messages_up"] - before["messages_up"],
+        )
+        return result
 
     # -- checkpoint ---------------------------------------------------------------
     def extra_state(self) -> dict[str, torch.Tensor]:
@@ -170,15 +184,15 @@ class SupermaskStrategy(FishMaskStrategy):
         row = super()._row(rnd, ev, fed, round_time)
         probs = torch.cat([p.reshape(-1).double() for p in self.wrapper.probabilities().values()])
         numel = int(probs.numel())
-        messages = max(1, int(row.get("messages_up") or 0))
+        up_bytes, up_messages = self._train_up if rnd > 0 else (0, 0)
         sent = max(1, int(row.get("messages_down") or 0))
         row["supermask"] = {
             "uplink": self.config.supermask_uplink,
             "masked_weights": numel,
             "sparsity_expected": 1.0 - float(probs.mean()),
             "sparsity_threshold": float((probs <= 0.5).double().mean()),
-            # Measured on the serialised replies: bytes up per reply, per masked weight.
-            "bits_per_weight_up": 0.0 if rnd == 0 else 8.0 * row["bytes_up"] / messages / numel,
+            # Measured on the serialised training replies: bytes per reply, per masked weight.
+            "bits_per_weight_up": 8.0 * up_bytes / max(1, up_messages) / numel,
             "mask_bits_per_weight": self._bits_up[0] if self._bits_up and rnd > 0 else None,
             "downlink": "masks" if self.masks_down else "scores",
             "bits_per_weight_down": 0.0 if rnd == 0 else 8.0 * row["bytes_down"] / sent / numel,

@@ -59,7 +59,7 @@ def _rows(run_dir: Path) -> list[dict[str, object]]:
         # Sampling 1 of 2 nodes per round from the run's seeded generator.
         {"clients_per_round": 1},
         # Federated supermask: scores and head, Adam state, sampled masks seeded per round.
-        {"mask_method": "supermask", "lr": 0.01, "partition": "dirichlet"},
+        {"mask_method": "supermask", "optimizer": "adamw", "lr": 0.01, "partition": "dirichlet"},
     ],
     ids=["warmup-refresh-adamw", "sampled", "supermask"],
 )

@@ -105,6 +105,7 @@ def test_combine_sampled_masks_by_hand() -> None:
         ({"supermask-initial-sparsity": 1.0}, "supermask-initial-sparsity=1.0 must be < 1"),
         ({"supermask-uplink": "bits"}, "supermask-uplink='bits' is not allowed"),
         ({"supermask-score-lr": 0}, "supermask-score-lr=0.0 must be > 0.0"),
+        ({"optimizer": "sgd"}, "it needs optimizer='adamw', got 'sgd'"),
         (
             {"supermask-uplink": "scores", "supermask-downlink": "masks"},
             "supermask-downlink=masks forwards the clients' sampled masks",
@@ -115,6 +116,18 @@ def test_bad_supermask_config(values: dict[str, object], expected: str) -> None:
     with pytest.raises(ConfigError) as err:
         RunConfig.from_mapping({"mask-method": "supermask", **values})
     assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_auto_downlink_sends_masks_below_32_clients_a_round() -> None:
+    def masks_down(**values: object) -> bool:
+        return RunConfig.from_mapping({"mask-method": "supermask", **values}).supermask_masks_down
+
+    assert masks_down(**{"num-clients": 31})
+    assert not masks_down(**{"num-clients": 32})
+    assert masks_down(**{"num-clients": 64, "clients-per-round": 8})
+    assert masks_down(**{"num-clients": 64, "supermask-downlink": "masks"})
+    assert not masks_down(**{"supermask-uplink": "scores"})
+    assert not RunConfig().supermask_masks_down
 
 
 def test_sum_of_score_updates_is_allowed() -> None:
@@ -130,6 +143,7 @@ def test_sum_of_score_updates_is_allowed() -> None:
 def _config(shared_data: Path, **changes: object) -> RunConfig:
     values: dict[str, object] = {
         "mask_method": "supermask",
+        "optimizer": "adamw",
         "partition": "dirichlet",
         "dirichlet_alpha": 1.0,
         "lr": 0.01,
@@ -298,6 +312,8 @@ def _bad_mask(kind: str):
             arrays[P.SAMPLED_MASK] = Array(packed.astype(np.int32))
         elif kind == "missing":
             del arrays[P.SAMPLED_MASK]
+        elif kind == "2d":  # the right bytes in the wrong shape
+            arrays[P.SAMPLED_MASK] = Array(packed.reshape(1, -1).copy())
         return reply
 
     return tamper
@@ -308,7 +324,8 @@ def _bad_mask(kind: str):
     [
         ("short", "a packed mask of"),
         ("padding", "padding bits set"),
-        ("dtype", "sampled mask must be uint8"),
+        ("dtype", "sampled mask must be a 1-D array of uint8"),
+        ("2d", "sampled mask must be a 1-D array of uint8"),
         ("missing", "expected arrays"),
     ],
 )
