@@ -143,6 +143,10 @@ def test_plan_builds_every_run_with_its_seed_and_folder(tmp_path: Path) -> None:
         ("b-x", 6),
     ]
     assert [p.seed for p in plan_sweep(exp, tmp_path, seeds=1)][:2] == [3, 3]
+    # --seed names the seeds exactly: the missing ones of a sweep, or new ones.
+    plan = plan_sweep(exp, tmp_path / "out", only=["b-y"], seed_list=[5, 9])
+    assert [(p.label, p.seed, p.config.seed) for p in plan] == [("b-y", 5, 5), ("b-y", 9, 9)]
+    assert plan[1].run_dir == tmp_path / "out" / "grid" / "b-y" / "seed-9"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -226,6 +230,12 @@ def test_bad_sweep_options(tmp_path: Path) -> None:
         plan_sweep(exp, tmp_path, overrides=["seed=4"])
     with pytest.raises(SweepError, match="--seeds=0 must be >= 1"):
         plan_sweep(exp, tmp_path, seeds=0)
+    with pytest.raises(SweepError, match="give --seeds N or --seed S, not both"):
+        plan_sweep(exp, tmp_path, seeds=2, seed_list=[1])
+    with pytest.raises(SweepError, match="--seed lists a seed twice"):
+        plan_sweep(exp, tmp_path, seed_list=[1, 1])
+    with pytest.raises(SweepError, match="--seed must be an integer >= 0"):
+        plan_sweep(exp, tmp_path, seed_list=[-1])
     with pytest.raises(SweepError, match="grid/a-x/seed-3: rounds=0 must be >= 1"):
         plan_sweep(exp, tmp_path, overrides=["rounds=0"])
     with pytest.raises(SweepError, match="unknown experiment 'nope'"):
@@ -524,6 +534,11 @@ def test_command_summary_only_and_dry_run_run_nothing(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "2 runs, 1 finished before" in result.output
     assert "done  a-x/seed-3" in result.output and "todo  a-x/seed-5" in result.output
+    result = CliRunner().invoke(app, [*common, "--dry-run", "--only", "a-x", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    assert "1 runs, 0 finished before" in result.output and "todo  a-x/seed-5" in result.output
+    result = CliRunner().invoke(app, [*common, "--dry-run", "--seed", "5", "--seeds", "2"])
+    assert result.exit_code == 1 and "not both" in result.output
     assert not (tmp_path / "out" / "grid" / "summary.md").exists()
     result = CliRunner().invoke(app, [*common, "--summary-only"])
     assert result.exit_code == 0, result.output

@@ -311,8 +311,19 @@ class PlannedRun:
         return (self.run_dir / SUMMARY_FILE).is_file()
 
 
-def choose_seeds(experiment: Experiment, count: int | None) -> tuple[int, ...]:
-    """The first ``count`` seeds of the experiment, extended by consecutive integers."""
+def choose_seeds(
+    experiment: Experiment, count: int | None, chosen: Sequence[int] = ()
+) -> tuple[int, ...]:
+    """The seeds to run: ``chosen`` if given, else the first ``count`` seeds of the
+    experiment, extended by consecutive integers."""
+    if chosen:
+        if count is not None:
+            raise SweepError("give --seeds N or --seed S, not both")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in chosen):
+            raise SweepError(f"--seed must be an integer >= 0, got {list(chosen)!r}")
+        if len(set(chosen)) != len(chosen):
+            raise SweepError(f"--seed lists a seed twice: {list(chosen)!r}")
+        return tuple(chosen)
     if count is None:
         return experiment.seeds
     if count < 1:
@@ -339,6 +350,7 @@ def plan_sweep(
     *,
     scale: str = "cpu",
     seeds: int | None = None,
+    seed_list: Sequence[int] = (),
     only: Sequence[str] = (),
     overrides: Sequence[str] = (),
     check_paths: bool = True,
@@ -355,6 +367,9 @@ def plan_sweep(
         ``cpu`` or ``paper``.
     seeds
         Run the first ``seeds`` seeds (default: the experiment's list).
+    seed_list
+        Run exactly these seeds instead (``--seed``, repeatable), e.g. the
+        seeds a sweep still lacks.
     only
         Run only these setting labels (or value labels: ``fish-0.5pc`` selects
         every setting with that part).
@@ -370,6 +385,7 @@ def plan_sweep(
         Naming the first run (label and seed) whose config is invalid, an
         unknown ``only`` label, or a bad override.
     """
+    run_seeds = choose_seeds(experiment, seeds, seed_list)
     extra: dict[str, Any] = {}
     for text in overrides:
         key, value = parse_override(text)
@@ -389,7 +405,7 @@ def plan_sweep(
     plan = []
     for setting in settings:
         preset, values = resolve_overrides(experiment, setting, scale, extra)
-        for seed in choose_seeds(experiment, seeds):
+        for seed in run_seeds:
             where = f"{experiment.name}/{setting.label}/seed-{seed}"
             try:
                 config = RunConfig.from_toml(preset_path(preset), {**values, "seed": seed})
@@ -875,6 +891,14 @@ def sweep_command(
             "--seeds", help="Run the first N seeds of the experiment.", show_default=False
         ),
     ] = None,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--seed",
+            help="Run exactly this seed (repeatable), instead of --seeds.",
+            show_default=False,
+        ),
+    ] = None,
     only: Annotated[
         list[str] | None,
         typer.Option("--only", help="Run only this setting or value label (repeatable)."),
@@ -916,10 +940,21 @@ def sweep_command(
         out = Path("runs/sweeps" if scale == "cpu" else f"runs/sweeps-{scale}")
     try:
         exp = load_experiment(experiment)
-        plan = plan_sweep(exp, out, scale=scale, seeds=seeds, only=only or (), overrides=set_ or [])
+        chosen = seed or ()
+        plan = plan_sweep(
+            exp,
+            out,
+            scale=scale,
+            seeds=seeds,
+            seed_list=chosen,
+            only=only or (),
+            overrides=set_ or [],
+        )
         # The summary covers every setting of the experiment, not only those run now.
         everything = (
-            plan_sweep(exp, out, scale=scale, seeds=seeds, overrides=set_ or []) if only else plan
+            plan_sweep(exp, out, scale=scale, seeds=seeds, seed_list=chosen, overrides=set_ or [])
+            if only
+            else plan
         )
     except ValueError as e:
         typer.echo(f"fish-fl: error: {e}", err=True)
@@ -944,6 +979,7 @@ def sweep_command(
         ["fish-fl sweep", exp.name]
         + ([f"--scale {scale}"] if scale != "cpu" else [])
         + ([f"--seeds {seeds}"] if seeds is not None else [])
+        + [f"--seed {s}" for s in seed or []]
         + [f"--only {o}" for o in only or []]
         + [f"--set {s}" for s in set_ or []]
     )
