@@ -185,6 +185,11 @@ def _label(value: Any, where: str) -> str:
     return value
 
 
+def _is_seed(value: Any) -> bool:
+    """A seed is an integer >= 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def load_experiment(name: str, folder: Path = EXPERIMENTS) -> Experiment:
     """Read and check an experiment file (the structure; run keys are checked by :func:`plan_sweep`).
 
@@ -207,7 +212,7 @@ def load_experiment(name: str, folder: Path = EXPERIMENTS) -> Experiment:
     if (
         not isinstance(seeds, list)
         or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or not all(_is_seed(s) for s in seeds)
         or len(set(seeds)) != len(seeds)
     ):
         raise SweepError(f"{path}: seeds must be a non-empty list of distinct integers >= 0")
@@ -319,7 +324,7 @@ def choose_seeds(
     if chosen:
         if count is not None:
             raise SweepError("give --seeds N or --seed S, not both")
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in chosen):
+        if not all(_is_seed(s) for s in chosen):
             raise SweepError(f"--seed must be an integer >= 0, got {list(chosen)!r}")
         if len(set(chosen)) != len(chosen):
             raise SweepError(f"--seed lists a seed twice: {list(chosen)!r}")
