@@ -2,8 +2,7 @@
 
 ``train``: rebuild the model from the shared base plus the received masked
 values, train the local steps with only the ``k`` entries trainable, reply
-with the ``k``-vector update (for a supermask sent as sampled masks: the
-head's update and the packed mask). ``evaluate``: the same model, scored on the
+with what the run's method sends (the ``k``-vector update by default). ``evaluate``: the same model, scored on the
 node's own data. ``query`` (action ``fisher``): the Fisher of the base on the
 node's own data, for a mask built from client scores.
 
@@ -13,12 +12,14 @@ The node's partition comes from its node config (``partition-id``,
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.serde import message_to_proto
 
@@ -26,9 +27,9 @@ from fish_fl import protocol as P
 from fish_fl.codec import UpdateCodec
 from fish_fl.config import RunConfig
 from fish_fl.fisher import fisher_diagonal
-from fish_fl.supermask import SupermaskLayout, SupermaskModel, make_supermask_optimizer
+from fish_fl.protocol import NodeError
 from fish_fl.task import TaskData, evaluate_model
-from fish_fl.training import SparseParameters, make_optimizer, train_steps
+from fish_fl.training import SparseParameters, train_steps
 
 from .runtime import (
     load_optimizer,
@@ -43,6 +44,9 @@ __all__ = ["app"]
 logger = logging.getLogger(__name__)
 
 app = ClientApp()
+
+#: torch seeds are 64-bit; a round's seed derived from a large run seed wraps into range.
+SEED_RANGE = 2**63
 
 
 def _partition(context: Context, config: RunConfig) -> int:
@@ -69,29 +73,36 @@ def _data(context: Context, config: RunConfig) -> TaskData:
     return runtime.task_data(config)
 
 
+def _answer(
+    handler: Callable[[Message, Context], Message],
+) -> Callable[[Message, Context], Message]:
+    """A node's typed failure becomes an error reply whose code the server acts on."""
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except NodeError as e:
+            logger.warning("cannot answer: %s (%s)", e.reason, e.status.name)
+            return Message(Error(code=int(e.status), reason=e.reason), reply_to=msg)
+
+    return wrapped
+
+
 @app.train()
+@_answer
 def train(msg: Message, context: Context) -> Message:
     synced = runtime.sync(msg.content, context.state)
-    config, mask = synced.config, synced.mask
+    config, mask, method = synced.config, synced.mask, synced.method
     assert mask is not None
     cfg = msg.content.config_records[P.CONFIG]
     pid = _partition(context, config)
     data = _data(context, config)
     version = int(cfg[P.CFG_MASK_VERSION])  # type: ignore[arg-type]
 
+    # 1. The optimiser over the k trainable entries, at the round's rate.
     sparse = SparseParameters(synced.model, mask)
-    opt_config = config.optimizer_config()
-    supermask = synced.model if isinstance(synced.model, SupermaskModel) else None
-    round_lr = float(cfg[P.CFG_LR])  # type: ignore[arg-type]
-    if supermask is None:
-        optimizer = make_optimizer(sparse, opt_config)
-        for group in optimizer.param_groups:
-            group["lr"] = round_lr
-    else:
-        # Scores and head have their own rates; the round's schedule scales both.
-        optimizer = make_supermask_optimizer(sparse, supermask.config)
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * (round_lr / config.lr)
+    optimizer = method.node_optimizer(sparse, synced.model, float(cfg[P.CFG_LR]))  # type: ignore[arg-type]
     rnd = int(cfg[P.CFG_ROUND])  # type: ignore[arg-type]
     run_key = str(cfg.get(P.CFG_RUN_KEY, ""))
     # A resumed run starts with fresh node state: the disk copy carries it over.
@@ -101,22 +112,20 @@ def train(msg: Message, context: Context) -> Message:
         and run_key
     ):
         load_optimizer_file(run_key, pid, rnd, optimizer, version)
-    # The data order and dropout depend on the round and the partition, not on
-    # node ids or on what this process ran before.
-    seed = int(cfg[P.CFG_SEED]) * 7919 + pid  # type: ignore[arg-type]
+    # 2. Local training. The data order and dropout depend on the round and the
+    # partition, not on node ids or on what this process ran before.
+    seed = (int(cfg[P.CFG_SEED]) * 7919 + pid) % SEED_RANGE  # type: ignore[arg-type]
     devices = [synced.device] if synced.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        if supermask is not None:
-            # Training samples drawn on the device that trains (no uniforms copied per pass).
-            supermask.generator = torch.Generator(device=synced.device).manual_seed(seed)
+        method.before_training(synced.model, synced.device, seed)
         stats = train_steps(
             sparse,
             optimizer,
             data.client_loader(pid, seed=seed),
             steps=int(cfg[P.CFG_LOCAL_STEPS]),  # type: ignore[arg-type]
             device=synced.device,
-            grad_clip=opt_config.grad_clip,
+            grad_clip=config.optimizer_config().grad_clip,
             amp=config.amp,
         )
     if config.persist_optimizer:
@@ -124,20 +133,10 @@ def train(msg: Message, context: Context) -> Message:
         if run_key:
             save_optimizer_file(run_key, pid, rnd, optimizer, version)
 
-    trained = sparse.values()
+    # 3. The reply: the method's arrays, the buffers, and what the server checks.
     codec = UpdateCodec(config.update_dtype)
-    if supermask is not None and config.supermask_uplink == "mask":
-        # The head's update and a mask sampled from the trained scores, 1 bit per weight.
-        layout = SupermaskLayout.of(supermask, mask)
-        update = layout.head(trained) - layout.head(synced.values)
-        arrays = {
-            P.UPDATE: Array(codec.encode(update)),
-            P.SAMPLED_MASK: Array(
-                layout.sample_packed(trained, torch.Generator().manual_seed(seed + 1))
-            ),
-        }
-    else:
-        arrays = {P.UPDATE: Array(codec.encode(trained - synced.values))}
+    reply = method.node_reply(sparse.values(), synced.values, synced.model, mask, seed, codec)
+    arrays = {key: Array(value) for key, value in reply.items()}
     buffers = P.flat_buffers(synced.model)
     if buffers.numel():
         arrays[P.BUFFERS] = Array(buffers.numpy())
@@ -153,6 +152,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@_answer
 def evaluate(msg: Message, context: Context) -> Message:
     synced = runtime.sync(msg.content, context.state)
     pid = _partition(context, synced.config)
@@ -165,10 +165,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 @app.query()
+@_answer
 def query(msg: Message, context: Context) -> Message:
     cfg = msg.content.config_records[P.CONFIG]
     if cfg.get(P.CFG_ACTION) != P.ACTION_FISHER:
-        raise ValueError(f"unknown query action {cfg.get(P.CFG_ACTION)!r}")
+        raise NodeError(P.Status.BAD_MESSAGE, f"unknown query action {cfg.get(P.CFG_ACTION)!r}")
     synced = runtime.sync(msg.content, context.state, with_mask=False)
     config = synced.config
     pid = _partition(context, config)
@@ -185,10 +186,11 @@ def query(msg: Message, context: Context) -> Message:
         progress=False,
     )
     flat = torch.cat([scores[name].reshape(-1) for name, _ in model.named_parameters()])
-    # float16 keeps ~3 significant digits; scale so the largest score is 1.
-    scale = float(flat.max())
-    scale = scale if scale > 0 and math.isfinite(scale) else 1.0
-    half = (flat / scale).to(torch.float16).numpy()
+    # float16 keeps ~3 significant digits: send the scores relative to the largest
+    # (the server normalises every client's scores to the same total anyway).
+    top = float(flat.max())
+    top = top if top > 0 and math.isfinite(top) else 1.0
+    half = (flat / top).to(torch.float16).numpy()
     arrays = ArrayRecord({P.SCORES: Array(np.ascontiguousarray(half))})
-    metrics = MetricRecord({P.NUM_EXAMPLES: n, "scores-scale": scale})
+    metrics = MetricRecord({P.NUM_EXAMPLES: n})
     return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics}), reply_to=msg)

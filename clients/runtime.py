@@ -27,19 +27,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import Tensor, nn
 
 from fish_fl import protocol as P
-from fish_fl.checkpoint import state_fingerprint
 from fish_fl.config import RunConfig
+from fish_fl.federation.sync import NodeState, resolve
 from fish_fl.masks import Mask
+from fish_fl.methods import SparseMethod, method_class, method_for
 from fish_fl.models import resolve_device
-from fish_fl.supermask import (
-    SupermaskLayout,
-    SupermaskModel,
-    scores_fingerprint,
-    values_from_masks,
-)
+from fish_fl.protocol import NodeError
 from fish_fl.task import TaskData, build_task_model, load_task_data
 
-__all__ = ["NodeError", "Runtime", "SyncedModel", "runtime"]
+__all__ = ["Runtime", "SyncedModel", "runtime"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +43,6 @@ NODE_STATE = "fish-node"
 NODE_MASK = "fish-mask"
 NODE_OPTIM = "fish-optim"
 NODE_OPTIM_META = "fish-optim-meta"
-
-MISSING_BASE = "fish-fl:missing-base"
-MISSING_MASK = "fish-fl:missing-mask"
-
-
-class NodeError(RuntimeError):
-    """The node cannot follow the server (a base or mask it should hold is gone)."""
 
 
 def _cache_dir(kind: str = "bases") -> Path:
@@ -106,22 +95,49 @@ class SyncedModel:
     """A node's model after a message was applied: base, mask and values written in."""
 
     config: RunConfig
+    method: SparseMethod
     model: nn.Module
     mask: Mask | None
     values: Tensor
     device: torch.device
 
 
-#: Run keys that change the model a supermask node builds.
-SUPERMASK_KEYS = (
-    "supermask-initial-sparsity",
-    "supermask-score-lr",
-    "supermask-maskable",
-    "supermask-eval",
-    "head-patterns",
-    "lr",
-    "weight-decay",
-)
+def _node_state(state: RecordDict) -> NodeState:
+    """The node's sync state, as kept in Flower's ``context.state``."""
+    info = dict(state.config_records[NODE_STATE]) if NODE_STATE in state.config_records else {}
+    mask = None
+    if NODE_MASK in state.array_records:
+        mask = state.array_records[NODE_MASK][P.MASK].numpy().tobytes()
+
+    def get(key: str, kind: type) -> Any:
+        value = info.get(key)
+        return value if isinstance(value, kind) else None
+
+    return NodeState(
+        run_config=get(P.CFG_RUN_CONFIG, str),
+        base_version=get(P.CFG_BASE_VERSION, int),
+        base_fingerprint=get(P.CFG_BASE_FINGERPRINT, str),
+        mask_bytes=mask,
+        mask_version=get(P.CFG_MASK_VERSION, int),
+        mask_fingerprint=get(P.CFG_MASK_FINGERPRINT, str),
+    )
+
+
+def _store_node_state(state: RecordDict, node: NodeState, old: NodeState) -> None:
+    info: dict[str, Any] = {}
+    for key, value in (
+        (P.CFG_RUN_CONFIG, node.run_config),
+        (P.CFG_BASE_VERSION, node.base_version),
+        (P.CFG_BASE_FINGERPRINT, node.base_fingerprint),
+        (P.CFG_MASK_VERSION, node.mask_version),
+        (P.CFG_MASK_FINGERPRINT, node.mask_fingerprint),
+    ):
+        if value is not None:
+            info[key] = value
+    state[NODE_STATE] = ConfigRecord(info)
+    if node.mask_bytes is not None and node.mask_bytes != old.mask_bytes:
+        data = np.frombuffer(node.mask_bytes, dtype=np.uint8).copy()
+        state[NODE_MASK] = ArrayRecord({P.MASK: Array(data)})
 
 
 class Runtime:
@@ -135,23 +151,12 @@ class Runtime:
         self.device: torch.device | None = None
 
     # -- configuration -----------------------------------------------------
-    def config(self, cfg: ConfigRecord, state: RecordDict) -> RunConfig:
-        """The run config: sent on first contact, then kept in the node state."""
-        text = cfg.get(P.CFG_RUN_CONFIG)
-        if isinstance(text, str):
-            state[NODE_STATE] = ConfigRecord(
-                {P.CFG_RUN_CONFIG: text, **self._node_info(state, skip_config=True)}
-            )
-        elif (
-            NODE_STATE in state.config_records
-            and P.CFG_RUN_CONFIG in state.config_records[NODE_STATE]
-        ):
-            text = str(state.config_records[NODE_STATE][P.CFG_RUN_CONFIG])
-        else:
-            raise NodeError("node has no run config; the server must send run-config first")
-        assert isinstance(text, str)
+    def config(self, text: str) -> RunConfig:
         if text not in self.configs:
-            self.configs[text] = RunConfig.from_json(text)
+            try:
+                self.configs[text] = RunConfig.from_json(text)
+            except ValueError as e:
+                raise NodeError(P.Status.BAD_MESSAGE, f"run config: {e}") from None
             self._threads(self.configs[text])
         return self.configs[text]
 
@@ -159,27 +164,9 @@ class Runtime:
         if os.environ.get("FISH_FL_SIMULATION") == "1":
             torch.set_num_threads(max(1, int(round(config.client_num_cpus))))
 
-    @staticmethod
-    def _node_info(state: RecordDict, skip_config: bool = False) -> dict[str, Any]:
-        if NODE_STATE not in state.config_records:
-            return {}
-        rec = state.config_records[NODE_STATE]
-        return {k: v for k, v in rec.items() if not (skip_config and k == P.CFG_RUN_CONFIG)}
-
-    def _set_node_info(self, state: RecordDict, **values: Any) -> None:
-        info = self._node_info(state)
-        info.update(values)
-        state[NODE_STATE] = ConfigRecord(info)
-
     def model(self, config: RunConfig) -> nn.Module:
-        key = json.dumps(
-            [config.model, config.task, config.width, config.seed, config.mask_method]
-            + (
-                [config.to_dict()[k] for k in SUPERMASK_KEYS]
-                if config.mask_method == "supermask"
-                else []
-            )
-        )
+        """The process's one model instance, rebuilt when a key that shapes it changes."""
+        key = config.shape_key("model", extra=method_class(config.mask_method).model_keys)
         if key not in self.models:
             if self.device is None:
                 self.device = resolve_device(config.device)
@@ -188,194 +175,45 @@ class Runtime:
         return self.models[key]
 
     def task_data(self, config: RunConfig) -> TaskData:
-        keys = (
-            "task",
-            "model",
-            "data-source",
-            "data-dir",
-            "max-length",
-            "train-examples",
-            "eval-examples",
-            "seed",
-            "num-clients",
-            "partition",
-            "dirichlet-alpha",
-            "fisher-samples",
-            "mask-source",
-            "batch-size",
-            "eval-batch-size",
-            "augment",
-        )
-        flat = config.to_dict()
-        key = json.dumps({k: flat[k] for k in keys}, sort_keys=True)
+        key = config.shape_key("data")
         if key not in self.data:
             self.data.clear()
             self.data[key] = load_task_data(config)
         return self.data[key]
 
-    # -- the base model ------------------------------------------------------
-    def _initial_base(self, config: RunConfig, fingerprint: str) -> Tensor:
-        flat = self.bases.get(fingerprint)
-        if flat is None:
-            model = build_task_model(config)
-            got = state_fingerprint(dict(model.named_parameters()))
-            if got != fingerprint:
-                raise NodeError(
-                    f"this node builds a base model with fingerprint {got}, the server's is "
-                    f"{fingerprint}: model {config.model!r} or its version differs"
-                )
-            flat = P.flat_parameters(model)
-            self.bases.put(fingerprint, flat, to_disk=False)
-        return flat
-
-    def _check_base(self, model: nn.Module, flat: Tensor, fingerprint: str) -> None:
-        P.load_flat_parameters(model, flat)
-        got = state_fingerprint(dict(model.named_parameters()))
-        if got != fingerprint:
-            raise NodeError(f"received base has fingerprint {got}, expected {fingerprint}")
-
-    def base(
-        self, config: RunConfig, cfg: ConfigRecord, arrays: ArrayRecord, state: RecordDict
-    ) -> Tensor:
-        """The base model this message refers to, as a flat float32 vector."""
-        version = int(cfg[P.CFG_BASE_VERSION])  # type: ignore[arg-type]
-        fingerprint = str(cfg[P.CFG_BASE_FINGERPRINT])
-        model = self.model(config)
-        if P.BASE in arrays:
-            flat = torch.from_numpy(arrays[P.BASE].numpy().astype(np.float32, copy=True))
-            self._check_base(model, flat, fingerprint)
-            self.bases.put(fingerprint, flat)
-        elif P.BASE_PATCH in arrays:
-            info = self._node_info(state)
-            old_fp = info.get(P.CFG_BASE_FINGERPRINT)
-            old = self.bases.get(str(old_fp)) if old_fp else None
-            old_mask = self.stored_mask(state)
-            if old is None or old_mask is None:
-                raise NodeError(
-                    f"{MISSING_BASE}: cannot patch: previous base or mask not on this node"
-                )
-            flat = old.clone()
-            patch = torch.from_numpy(arrays[P.BASE_PATCH].numpy().astype(np.float32, copy=True))
-            positions = old_mask.flat_positions()
-            if patch.numel() != positions.numel():
-                raise NodeError(
-                    f"base patch has {patch.numel()} values for a mask of {positions.numel()}"
-                )
-            flat[positions] = patch
-            self._check_base(model, flat, fingerprint)
-            self.bases.put(fingerprint, flat)
-        elif version == 0:
-            flat = self._initial_base(config, fingerprint)
-        else:
-            got = self.bases.get(fingerprint)
-            if got is None:
-                raise NodeError(
-                    f"{MISSING_BASE}: base version {version} ({fingerprint}) not on this node"
-                )
-            flat = got
-        self._set_node_info(
-            state, **{P.CFG_BASE_VERSION: version, P.CFG_BASE_FINGERPRINT: fingerprint}
-        )
-        return flat
-
-    # -- the mask --------------------------------------------------------------
-    @staticmethod
-    def stored_mask(state: RecordDict) -> Mask | None:
-        if NODE_MASK not in state.array_records:
-            return None
-        return Mask.from_bytes(state.array_records[NODE_MASK][P.MASK].numpy())
-
-    def mask(self, cfg: ConfigRecord, arrays: ArrayRecord, state: RecordDict) -> Mask:
-        version = int(cfg[P.CFG_MASK_VERSION])  # type: ignore[arg-type]
-        fingerprint = str(cfg[P.CFG_MASK_FINGERPRINT])
-        if P.MASK in arrays:
-            data = arrays[P.MASK].numpy()
-            mask = Mask.from_bytes(data)
-            if mask.fingerprint != fingerprint:
-                raise NodeError(
-                    f"received mask has fingerprint {mask.fingerprint}, expected {fingerprint}"
-                )
-            state[NODE_MASK] = ArrayRecord({P.MASK: Array(np.asarray(data, dtype=np.uint8))})
-            self._set_node_info(
-                state, **{P.CFG_MASK_VERSION: version, P.CFG_MASK_FINGERPRINT: fingerprint}
-            )
-            return mask
-        info = self._node_info(state)
-        stored = self.stored_mask(state)
-        if (
-            stored is None
-            or info.get(P.CFG_MASK_VERSION) != version
-            or stored.fingerprint != fingerprint
-        ):
-            raise NodeError(f"{MISSING_MASK}: mask version {version} not on this node")
-        return stored
-
-    @staticmethod
-    def _supermask_values(
-        model: nn.Module, mask: Mask, head: Tensor, cfg: ConfigRecord, arrays: ArrayRecord
-    ) -> Tensor:
-        """The ``k``-vector of a supermask message whose scores came down as masks.
-
-        ``model`` holds the base (whose scores are the initial ones); the
-        scores are rebuilt from the last round's masks and checked against
-        the server's fingerprint.
-        """
-        if not isinstance(model, SupermaskModel):
-            raise NodeError("a supermask message reached a node whose model is not a supermask")
-        layout = SupermaskLayout.of(model, mask)
-        packed: list[np.ndarray] = []
-        weights: list[float] = []
-        if P.SCORE_MASKS in arrays:
-            rows = arrays[P.SCORE_MASKS].numpy()
-            raw = arrays[P.SCORE_WEIGHTS].numpy() if P.SCORE_WEIGHTS in arrays else None
-            if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != layout.packed_bytes:
-                raise NodeError(
-                    f"score masks must be uint8 rows of {layout.packed_bytes} bytes, "
-                    f"got {rows.dtype} {rows.shape}"
-                )
-            if raw is None or raw.shape != (rows.shape[0],):
-                raise NodeError("score masks came without one weight per mask")
-            packed, weights = list(rows), [float(w) for w in raw]
-        try:
-            values = values_from_masks(
-                mask.gather(model),
-                layout,
-                head,
-                packed,
-                weights,
-                max_score=model.config.score_high,
-            )
-        except ValueError as e:
-            raise NodeError(f"cannot rebuild the scores: {e}") from None
-        expected = str(cfg.get(P.CFG_SCORES_FINGERPRINT, ""))
-        got = scores_fingerprint(values, layout)
-        if got != expected:
-            raise NodeError(f"rebuilt scores have fingerprint {got}, the server's are {expected}")
-        return values
-
     # -- one message ------------------------------------------------------------
     def sync(
         self, content: RecordDict, state: RecordDict, *, with_mask: bool = True
     ) -> SyncedModel:
-        """Bring the process's model to what the message describes."""
+        """Bring the process's model to what the message describes (see :mod:`fish_fl.federation.sync`)."""
         cfg = content.config_records[P.CONFIG]
-        arrays = content.array_records[P.ARRAYS]
-        config = self.config(cfg, state)
-        base = self.base(config, cfg, arrays, state)
+        arrays = {k: a.numpy() for k, a in content.array_records[P.ARRAYS].items()}
+        old = _node_state(state)
+        text = cfg.get(P.CFG_RUN_CONFIG)
+        if not isinstance(text, str) and old.run_config is None:
+            raise NodeError(P.Status.NO_RUN_CONFIG, "node has no run config; send run-config first")
+        config = self.config(text if isinstance(text, str) else str(old.run_config))
         model = self.model(config)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+        def initial_base() -> Tensor:
+            return P.flat_parameters(build_task_model(config))
+
+        node, base, mask = resolve(
+            cfg, arrays, old, self.bases, shapes, initial_base, with_mask=with_mask
+        )
+        _store_node_state(state, node, old)
         P.load_flat_parameters(model, base)
-        mask: Mask | None = None
+        method = method_for(config)
         values = torch.zeros(0)
-        if with_mask:
-            mask = self.mask(cfg, arrays, state)
-            values = torch.from_numpy(arrays[P.VALUES].numpy().astype(np.float32, copy=True))
-            if config.supermask_masks_down:
-                values = self._supermask_values(model, mask, values, cfg, arrays)
+        if mask is not None:
+            values = torch.from_numpy(arrays[P.VALUES].astype(np.float32, copy=True))
+            values = method.node_values(model, mask, values, cfg, arrays)
             mask.scatter(model, values)
         if P.BUFFERS in arrays:
-            P.load_flat_buffers(model, torch.from_numpy(arrays[P.BUFFERS].numpy().copy()))
+            P.load_flat_buffers(model, torch.from_numpy(arrays[P.BUFFERS].copy()))
         assert self.device is not None
-        return SyncedModel(config, model, mask, values, self.device)
+        return SyncedModel(config, method, model, mask, values, self.device)
 
 
 def save_optimizer(state: RecordDict, optimizer: torch.optim.Optimizer, mask_version: int) -> None:
@@ -399,7 +237,7 @@ KEEP_RUNS = 8  # runs whose optimiser states are kept
 
 def _optim_dir(run_key: str) -> Path:
     if not run_key.isalnum():
-        raise NodeError(f"bad run key {run_key!r}")
+        raise NodeError(P.Status.BAD_MESSAGE, f"bad run key {run_key!r}")
     return _cache_dir("optimizer") / run_key
 
 

@@ -25,14 +25,33 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .masks import MaskSpec, available_builders
-from .supermask import DEFAULT_MASKABLE, SupermaskConfig
 from .supermask.federated import DOWNLINKS, UPLINKS
 from .training import OptimizerConfig
 
-__all__ = ["VISION_MASKABLE", "ConfigError", "RunConfig", "parse_override"]
+__all__ = ["DATA_KEYS", "MODEL_KEYS", "ConfigError", "RunConfig", "parse_override"]
 
-#: Default supermask patterns of a CIFAR ResNet: the stem and every block's convolutions.
-VISION_MASKABLE: tuple[str, ...] = ("conv1", r"layer\d+")
+
+#: Keys that change the data a client process loads (its cache is keyed by them).
+DATA_KEYS: tuple[str, ...] = (
+    "task",
+    "model",
+    "data-source",
+    "data-dir",
+    "max-length",
+    "train-examples",
+    "eval-examples",
+    "seed",
+    "num-clients",
+    "partition",
+    "dirichlet-alpha",
+    "fisher-samples",
+    "mask-source",
+    "batch-size",
+    "eval-batch-size",
+    "augment",
+)
+#: Keys that change the model a client process builds (a method adds its own).
+MODEL_KEYS: tuple[str, ...] = ("model", "task", "width", "seed", "mask-method")
 
 
 class ConfigError(ValueError):
@@ -108,6 +127,29 @@ class RunConfig:
         metadata=_meta(
             "an update above max-update-norm is rejected or clipped to it",
             choices=("reject", "clip"),
+        ),
+    )
+    norm_factor: float = field(
+        default=10.0,
+        metadata=_meta(
+            "without max-update-norm: reject updates above this many times the lower median "
+            "norm of the round's and the last round's updates (0: no adaptive bound)",
+            min=0.0,
+        ),
+    )
+    max_client_examples: int = field(
+        default=0,
+        metadata=_meta(
+            "cap on the examples a reply may claim (0: the largest partition of the server's split)",
+            min=0,
+        ),
+    )
+    max_skipped_rounds: int = field(
+        default=3,
+        metadata=_meta(
+            "end the run with an error after this many rounds in a row without enough valid "
+            "replies (0: never)",
+            min=0,
         ),
     )
     min_replies: int = field(
@@ -242,8 +284,9 @@ class RunConfig:
             raise ConfigError(
                 f"mask-method={self.mask_method!r} is not allowed; choose one of {', '.join(available_builders())}"
             )
-        if self.mask_method == "supermask":
-            self._check_supermask()
+        from .methods import method_class
+
+        method_class(self.mask_method).check_config(self)
         if self.warmup_rounds >= self.rounds:
             raise ConfigError(
                 f"warmup-rounds={self.warmup_rounds} must be smaller than rounds={self.rounds}"
@@ -274,65 +317,6 @@ class RunConfig:
             raise ConfigError("data-source=local needs data-dir (a GLUE folder or a CIFAR-10 .npz)")
         self.mask_spec()  # the mask options themselves
         self.optimizer_config()
-
-    def _check_supermask(self) -> None:
-        clash = {
-            "mask-source": (self.mask_source, "server"),
-            "mask-assignment": (self.mask_assignment, "shared"),
-            "warmup-rounds": (self.warmup_rounds, 0),
-            "mask-refresh": (self.mask_refresh, 0),
-        }
-        for key, (value, allowed) in clash.items():
-            if value != allowed:
-                raise ConfigError(
-                    f"mask-method=supermask learns its own mask; it needs {key}={allowed!r}, got {value!r}"
-                )
-        if self.optimizer != "adamw":
-            raise ConfigError(
-                "mask-method=supermask trains its scores with Adam and its head with AdamW; "
-                f"it needs optimizer='adamw', got {self.optimizer!r}"
-            )
-        if self.supermask_uplink == "mask" and self.aggregation != "mean":
-            raise ConfigError(
-                f"supermask-uplink=mask averages the sampled masks; it needs aggregation='mean', got {self.aggregation!r}"
-            )
-        if self.supermask_downlink == "masks" and self.supermask_uplink != "mask":
-            raise ConfigError(
-                "supermask-downlink=masks forwards the clients' sampled masks; it needs "
-                f"supermask-uplink='mask', got {self.supermask_uplink!r}"
-            )
-        if self.supermask_initial_sparsity >= 1.0:
-            raise ConfigError(
-                f"supermask-initial-sparsity={self.supermask_initial_sparsity!r} must be < 1"
-            )
-        self.supermask_config(vision=False)
-
-    # -- views for the core -----------------------------------------------------
-    @property
-    def supermask_masks_down(self) -> bool:
-        """True when a supermask run sends its scores down as the last round's masks."""
-        if self.mask_method != "supermask":
-            return False
-        if self.supermask_downlink == "auto":
-            # n masks of 1 bit per weight beat 32-bit scores below 32 replies a round.
-            return self.supermask_uplink == "mask" and self.sampled_clients < 32
-        return self.supermask_downlink == "masks"
-
-    def supermask_config(self, *, vision: bool) -> SupermaskConfig:
-        """The supermask options of the run (``vision``: default patterns of a ResNet)."""
-        maskable = self.supermask_maskable or (VISION_MASKABLE if vision else DEFAULT_MASKABLE)
-        try:
-            return SupermaskConfig(
-                maskable=maskable,
-                head_patterns=self.head_patterns,
-                initial_sparsity=self.supermask_initial_sparsity,
-                score_lr=self.supermask_score_lr,
-                head_lr=self.lr,
-                head_weight_decay=self.weight_decay,
-                seed=self.seed,
-            )
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
 
     def round_lr(self, rnd: int) -> float:
         """The learning rate of round ``rnd`` (1-based) under ``lr-schedule``."""
@@ -416,6 +400,19 @@ class RunConfig:
             value = getattr(self, f.name)
             out[_kebab(f.name)] = list(value) if isinstance(value, tuple) else value
         return out
+
+    def shape_key(self, kind: str, extra: tuple[str, ...] = ()) -> str:
+        """A hash of the keys that shape the ``data`` or the ``model`` (plus ``extra``).
+
+        Caches of loaded data and built models are keyed by it, so a change
+        of any such key can never reuse a stale entry.
+        """
+        import hashlib
+
+        keys = {"data": DATA_KEYS, "model": MODEL_KEYS}[kind] + tuple(extra)
+        flat = self.to_dict()
+        text = json.dumps({k: flat[k] for k in keys}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -29,8 +29,14 @@ sent as sampled masks, ``update`` holds the head's update only and
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
 import torch
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 # -- records ---------------------------------------------------------------
 ARRAYS = "arrays"
@@ -71,6 +77,58 @@ METRIC_MASK_VERSION = "mask-version"
 BYTES_RECEIVED = "bytes-received"  # the node's own measure of the message it answered
 
 ACTION_FISHER = "fisher"
+
+
+# -- status codes ------------------------------------------------------------------
+class Status(enum.IntEnum):
+    """Why a node could not answer a message, as the code of its error reply.
+
+    Codes start at 100 so that they never collide with Flower's own
+    ``ErrorCode`` values (0 to 8), which mean the ClientApp itself failed.
+    The server reacts to the code alone, never to the text of the reason.
+    """
+
+    NO_RUN_CONFIG = 100  # the node lost the run config: send it again
+    MISSING_BASE = 101  # the node lacks the base model the message refers to
+    MISSING_MASK = 102  # the node lacks the mask version the message refers to
+    BAD_MESSAGE = 103  # the message does not describe a model this node can build
+    NODE_FAILURE = 104  # anything else that went wrong on the node
+
+    @classmethod
+    def of(cls, code: int) -> Status | None:
+        """The fish-fl status of an error code, ``None`` for Flower's own codes."""
+        try:
+            return cls(code)
+        except ValueError:
+            return None
+
+
+class NodeError(RuntimeError):
+    """A node cannot follow a message; travels to the server as ``status``."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# -- results of validation ------------------------------------------------------
+@dataclass(frozen=True)
+class Accepted(Generic[T]):
+    """A reply that passed every check, with what was decoded from it."""
+
+    value: T
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A reply that failed a check; ``reason`` is one line for the run log."""
+
+    reason: str
+    status: Status | None = None  # the node's own status, for error replies
+
+
+Checked = Accepted[T] | Rejected
 
 
 def flat_parameters(model: nn.Module) -> Tensor:

@@ -56,23 +56,15 @@ def build_base_model(config: RunConfig) -> nn.Module:
 
 
 def build_task_model(config: RunConfig) -> nn.Module:
-    """The base model of the run: pretrained weights, or a seeded fresh init.
+    """The model the federation trains: the base model as the run's method wraps it.
 
-    With ``mask-method=supermask`` the model is wrapped in a
-    :class:`~fish_fl.supermask.SupermaskModel` whose scores start from the
-    magnitude mask of ``supermask-initial-sparsity``; the base every node
-    rebuilds is then the wrapper (frozen weights, initial scores, head).
+    Most methods train the model itself (pretrained weights, or a seeded
+    fresh init); a method may wrap it (see ``SparseMethod.wrap_model``), and
+    the base every node rebuilds is then the wrapper.
     """
-    model = build_base_model(config)
-    if config.mask_method != "supermask":
-        return model
-    from .supermask import SupermaskModel
+    from .methods import method_for
 
-    return SupermaskModel(
-        model,
-        config.supermask_config(vision=is_vision(config)),
-        eval_mask=config.supermask_eval,  # type: ignore[arg-type]
-    )
+    return method_for(config).wrap_model(build_base_model(config), vision=is_vision(config))
 
 
 @dataclass

@@ -28,7 +28,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from strategies.server_app import make_server_app
+    from strategies.server_app import FAILURE, make_server_app
 
     os.environ["FISH_FL_SIMULATION"] = "1"  # clients size their torch thread pools
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -48,6 +48,9 @@ def simulate(
         verbose_logging=verbose,
     )
     summary_path = run_dir / "summary.json"
+    failure = run_dir / FAILURE
+    if not summary_path.is_file() and failure.is_file():
+        raise RuntimeError(f"the run stopped: {json.loads(failure.read_text())['reason']}")
     if not summary_path.is_file():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir}")
     return dict(json.loads(summary_path.read_text()))

@@ -7,14 +7,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -22,21 +20,17 @@ from fish_fl.checkpoint import save_sparse_delta
 from fish_fl.config import RunConfig
 from fish_fl.models import resolve_device
 from fish_fl.runlog import RunRecorder
-from fish_fl.supermask import SupermaskModel, evaluate_supermask
 from fish_fl.task import build_base_model, build_task_model, evaluate_model, load_task_data
 
-from .fish_strategy import FishMaskStrategy
+from .fish_strategy import FishMaskStrategy, RunFailed
 from .state import CHECKPOINT
-from .supermask_strategy import SupermaskStrategy
 
-__all__ = ["app", "default_run_dir", "make_server_app", "run_server", "strategy_class"]
+__all__ = ["FAILURE", "app", "default_run_dir", "make_server_app", "run_server"]
 
 logger = logging.getLogger(__name__)
 
-
-def strategy_class(config: RunConfig) -> type[FishMaskStrategy]:
-    """The strategy of a run: supermask training or sparse training under a mask."""
-    return SupermaskStrategy if config.mask_method == "supermask" else FishMaskStrategy
+#: Written into the run folder when a run stops on an error it can name.
+FAILURE = "failure.json"
 
 
 def default_run_dir(config: RunConfig, name: str = "") -> Path:
@@ -66,7 +60,7 @@ def run_server(
     def evaluate(m: Any) -> dict[str, float]:
         return evaluate_model(m, eval_loader, data.metric_task, device)
 
-    strategy = strategy_class(config)(
+    strategy = FishMaskStrategy(
         config,
         model,
         calibration=data.calibration_loader if config.mask_source == "server" else None,
@@ -74,6 +68,7 @@ def run_server(
         primary_metric=data.primary,
         recorder=recorder,
         checkpoint=checkpoint,
+        partition_max=max((len(c) for c in data.partitions.clients), default=0) or None,
     )
     if resume:
         done = strategy.resume(checkpoint)
@@ -87,15 +82,15 @@ def run_server(
             )
         plan = strategy.plan
         recorder.restore(done, plan.union if plan else None, strategy.mask_version)
-    strategy.start(grid)
+    try:
+        strategy.start(grid)
+    except RunFailed as e:
+        # Keep the rounds already written; say why the run stopped, for the caller.
+        (run_dir / FAILURE).write_text(json.dumps({"reason": str(e)}) + "\n")
+        logger.error("run failed: %s", e)
+        raise
     # The trained model as a sparse delta from the base every node started from.
-    trained: Any = model
-    extra: dict[str, Any] = {}
-    if isinstance(model, SupermaskModel):
-        extra["supermask"] = _supermask_report(model, eval_loader, data.metric_task, device, config)
-        (run_dir / "supermask.json").write_text(json.dumps(extra["supermask"], indent=2) + "\n")
-        # The deployable model: the most likely binary mask laid over the weights.
-        trained = model.materialize(model.masks("threshold"))
+    trained, extra = strategy.method.finish(model, (eval_loader, data.metric_task, device), run_dir)
     base = build_base_model(config)
     info = save_sparse_delta(
         trained.cpu(),
@@ -129,28 +124,6 @@ def run_server(
     except Exception as e:  # a plot is a nicety; never lose a finished run over it
         logger.warning("could not draw the plot: %s", e)
     return summary
-
-
-def _supermask_report(
-    model: SupermaskModel, loader: Any, task: str, device: Any, config: RunConfig
-) -> dict[str, Any]:
-    """Final scores with the expected, most likely and sampled masks; sparsity per weight."""
-    report = evaluate_supermask(
-        model,
-        loader,
-        task,
-        device=device,
-        samples=config.supermask_eval_samples,
-        generator=torch.Generator().manual_seed(config.seed + 1),
-    )
-    return {
-        "metric": report.metric,
-        **report.summary(),
-        "expected_metrics": report.expected,
-        "threshold_metrics": report.threshold,
-        "sampled_metrics": report.sampled,
-        "layers": [dataclasses.asdict(layer) for layer in report.layers],
-    }
 
 
 def make_server_app(

@@ -15,8 +15,7 @@ Tensors:
   the current base was taken, and before the last base change;
 - ``plan/<which>/union`` and ``plan/<which>/slot<i>``: the mask plans (the
   compact mask encoding) and ``plan/<which>/pos<i>`` their slot positions;
-- ``extra/...``: what a strategy subclass keeps besides (a supermask run: the
-  sampled masks and weights its current scores were made from).
+- ``extra/...``: what the run's method keeps besides (``ServerState.extra``).
 
 Metadata (JSON): round, mask and base versions, phase, the ledger, the
 sampling generator's state, the elapsed wall time, the run key nodes use to
@@ -34,18 +33,17 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fish_fl import protocol as P
+from fish_fl.federation.state import ServerState
+from fish_fl.ledger import CommLedger
 from fish_fl.masks import Mask
 from fish_fl.masks.assign import MaskPlan
-
-if TYPE_CHECKING:
-    from .fish_strategy import FishMaskStrategy
 
 __all__ = ["CHECKPOINT", "load_server_state", "read_checkpoint_round", "save_server_state"]
 
@@ -92,39 +90,40 @@ def _set_rng_state(rng: random.Random, state: list[Any]) -> None:
     rng.setstate((state[0], tuple(state[1]), state[2]))
 
 
-def save_server_state(
-    strategy: FishMaskStrategy, path: Path, rnd: int, elapsed: float, run_key: str
-) -> None:
-    """Write the strategy's state after round ``rnd`` atomically to ``path``."""
+def save_server_state(state: ServerState, path: Path, rnd: int, elapsed: float) -> None:
+    """Write the server's state after round ``rnd`` atomically to ``path``."""
     from safetensors.torch import save_file
 
-    current = P.flat_parameters(strategy.model)
-    changed = torch.nonzero(current != strategy.initial_flat).view(-1)
+    current = P.flat_parameters(state.model)
+    changed = torch.nonzero(current != state.initial_flat).view(-1)
     tensors: dict[str, Tensor] = {
         "model/index": changed,
         "model/value": current[changed].contiguous(),
-        "model/buffers": P.flat_buffers(strategy.model).contiguous(),
-        "values": strategy.values.float().clone(),
-        "base-values": strategy.base_values.float().clone(),
-        "prev-values": strategy.prev_values.float().clone(),
-        **_plan_tensors("plan/current", strategy.plan),
-        **_plan_tensors("plan/base", strategy.base_plan),
-        **_plan_tensors("plan/prev", strategy.prev_plan),
-        **strategy.extra_state(),
+        "model/buffers": P.flat_buffers(state.model).contiguous(),
+        "values": state.values.float().clone(),
+        "base-values": state.base_values.float().clone(),
+        "prev-values": state.prev_values.float().clone(),
+        **_plan_tensors("plan/current", state.plan),
+        **_plan_tensors("plan/base", state.base_plan),
+        **_plan_tensors("plan/prev", state.prev_plan),
+        **{k: v.clone() for k, v in state.extra.items()},
     }
     meta = {
         "round": rnd,
-        "phase": strategy.phase,
-        "mask_version": strategy.mask_version,
-        "prev_mask_version": strategy.prev_mask_version,
-        "base_version": strategy.base_version,
-        "base_fingerprint": strategy.base_fingerprint,
-        "initial_fingerprint": strategy.initial_fingerprint,
-        "stopped_by_budget": strategy.stopped_by_budget,
-        "ledger": strategy.ledger.to_dict(),
-        "rng": _rng_state(strategy.rng),
+        "phase": state.phase,
+        "mask_version": state.mask_version,
+        "prev_mask_version": state.prev_mask_version,
+        "base_version": state.base_version,
+        "base_fingerprint": state.base_fingerprint,
+        "initial_fingerprint": state.initial_fingerprint,
+        "stopped_by_budget": state.stopped_by_budget,
+        "skipped_in_a_row": state.skipped_in_a_row,
+        "norm_reference": state.norm_reference,
+        "buffer_reference": state.buffer_reference,
+        "ledger": state.ledger.to_dict(),
+        "rng": _rng_state(state.rng),
         "elapsed": elapsed,
-        "run_key": run_key,
+        "run_key": state.run_key,
     }
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -165,35 +164,36 @@ def read_checkpoint_round(path: Path) -> int:
     return int(_read(path)[1]["round"])
 
 
-def load_server_state(strategy: FishMaskStrategy, path: Path) -> dict[str, Any]:
-    """Restore the strategy from a checkpoint; returns its metadata (round, run key...)."""
+def load_server_state(state: ServerState, path: Path) -> dict[str, Any]:
+    """Restore the server's state from a checkpoint; returns its metadata (round, elapsed...)."""
     tensors, meta = _read(path)
-    if meta["initial_fingerprint"] != strategy.initial_fingerprint:
+    if meta["initial_fingerprint"] != state.initial_fingerprint:
         raise ValueError(
             f"checkpoint {path} was made from another initial model "
-            f"({meta['initial_fingerprint']}, this one is {strategy.initial_fingerprint})"
+            f"({meta['initial_fingerprint']}, this one is {state.initial_fingerprint})"
         )
-    flat = strategy.initial_flat.clone()
+    flat = state.initial_flat.clone()
     flat[tensors["model/index"]] = tensors["model/value"]
-    P.load_flat_parameters(strategy.model, flat)
+    P.load_flat_parameters(state.model, flat)
     if tensors["model/buffers"].numel():
-        P.load_flat_buffers(strategy.model, tensors["model/buffers"])
-    strategy.values = tensors["values"]
-    strategy.base_values = tensors["base-values"]
-    strategy.prev_values = tensors["prev-values"]
-    strategy.plan = _plan_from("plan/current", tensors)
-    strategy.base_plan = _plan_from("plan/base", tensors)
-    strategy.prev_plan = _plan_from("plan/prev", tensors)
-    strategy.phase = meta["phase"]
-    strategy.mask_version = int(meta["mask_version"])
-    strategy.prev_mask_version = int(meta["prev_mask_version"])
-    strategy.base_version = int(meta["base_version"])
-    strategy.base_fingerprint = meta["base_fingerprint"]
-    strategy.stopped_by_budget = bool(meta["stopped_by_budget"])
-    from fish_fl.ledger import CommLedger
-
-    strategy.ledger = CommLedger.from_dict(meta["ledger"])
-    _set_rng_state(strategy.rng, meta["rng"])
-    strategy.nodes = {}
-    strategy.load_extra_state({k: v for k, v in tensors.items() if k.startswith("extra/")})
+        P.load_flat_buffers(state.model, tensors["model/buffers"])
+    state.values = tensors["values"]
+    state.base_values = tensors["base-values"]
+    state.prev_values = tensors["prev-values"]
+    state.plan = _plan_from("plan/current", tensors)
+    state.base_plan = _plan_from("plan/base", tensors)
+    state.prev_plan = _plan_from("plan/prev", tensors)
+    state.phase = meta["phase"]
+    state.mask_version = int(meta["mask_version"])
+    state.prev_mask_version = int(meta["prev_mask_version"])
+    state.base_version = int(meta["base_version"])
+    state.base_fingerprint = meta["base_fingerprint"]
+    state.stopped_by_budget = bool(meta["stopped_by_budget"])
+    state.skipped_in_a_row = int(meta.get("skipped_in_a_row", 0))
+    state.norm_reference = [float(x) for x in meta.get("norm_reference", [])]
+    state.buffer_reference = [float(x) for x in meta.get("buffer_reference", [])]
+    state.run_key = str(meta["run_key"])
+    state.ledger = CommLedger.from_dict(meta["ledger"])
+    _set_rng_state(state.rng, meta["rng"])
+    state.extra = {k: v for k, v in tensors.items() if k.startswith("extra/")}
     return meta

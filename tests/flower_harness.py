@@ -20,7 +20,6 @@ from fish_fl.config import RunConfig
 from fish_fl.models import resolve_device
 from fish_fl.task import build_task_model, evaluate_model, load_task_data
 from strategies.fish_strategy import FishMaskStrategy
-from strategies.server_app import strategy_class
 
 Tamper = Callable[[int, int, Message, Message], Message | None]
 
@@ -144,7 +143,7 @@ def make_strategy(
     device = resolve_device("cpu")
     model = build_task_model(config)
     loader = data.eval_loader()
-    return strategy_class(config)(
+    return FishMaskStrategy(
         config,
         model,
         calibration=data.calibration_loader if config.mask_source == "server" else None,
@@ -152,4 +151,5 @@ def make_strategy(
         primary_metric=data.primary,
         recorder=recorder,  # type: ignore[arg-type]
         checkpoint=checkpoint,
+        partition_max=max(len(c) for c in data.partitions.clients),
     )

@@ -84,7 +84,7 @@ def test_aggregation_matches_hand_computation(shared_data: Path, mode: str) -> N
         return _set_update(reply, delta)
 
     strategy.start(InProcessGrid(2, tamper=tamper))
-    start = strategy.base_values.double()
+    start = strategy.state.base_values.double()
     deltas = [torch.from_numpy(chosen[n]).double() for n in sorted(chosen)]
     w = [weights[n] for n in sorted(chosen)]
     assert w[0] != w[1]  # Dirichlet sizes differ, so weighting matters
@@ -148,13 +148,13 @@ def test_bad_reply_rejected_round_goes_on(
     grid = InProcessGrid(2, tamper=_bad(kind))
     with caplog.at_level(logging.WARNING):
         strategy.start(grid)
-    stats = strategy._round_stats
+    stats = strategy._stats
     assert stats.rejected == 1 and stats.replies == 2 and not stats.skipped
     assert any("node 1001" in r.message and reason in r.message for r in caplog.records), (
         caplog.text
     )
     # The good node's update was applied.
-    assert not torch.equal(strategy.values, strategy.base_values)
+    assert not torch.equal(strategy.values, strategy.state.base_values)
 
 
 def test_too_few_valid_replies_skip_the_round(shared_data: Path) -> None:
@@ -163,7 +163,7 @@ def test_too_few_valid_replies_skip_the_round(shared_data: Path) -> None:
     before = {n: p.detach().clone() for n, p in strategy.model.named_parameters()}
     buffers = P.flat_buffers(strategy.model)
     strategy.start(InProcessGrid(2, tamper=_bad("nan")))
-    assert strategy._round_stats.skipped
+    assert strategy._stats.skipped
     for n, p in strategy.model.named_parameters():
         assert torch.equal(p, before[n]), n
     assert torch.equal(P.flat_buffers(strategy.model), buffers)
@@ -235,7 +235,7 @@ def test_lost_base_is_sent_again(shared_data: Path, tmp_path: Path) -> None:
     strategy.start(grid)
     down = {(t.round, t.node): t.keys for t in grid.traffic if t.direction == "down"}
     assert all(P.BASE in down[(4, n)] for n in (1000, 1001))  # full base after the loss
-    assert strategy._round_stats.rejected == 0
+    assert strategy._stats.rejected == 0
 
 
 def test_disjoint_masks(shared_data: Path) -> None:
@@ -251,7 +251,7 @@ def test_disjoint_masks(shared_data: Path) -> None:
         overlap = np.intersect1d(m0.indices[name].numpy(), m1.indices[name].numpy())
         assert (overlap.size == m0.numel(name)) if name in heads else overlap.size == 0, name
     assert abs(m0.k - m1.k) <= 1 and plan.union.k == m0.k + m1.k - sum(m0.numel(h) for h in heads)
-    assert strategy._round_stats.rejected == 0
+    assert strategy._stats.rejected == 0
 
 
 def test_client_side_fisher(shared_data: Path) -> None:
@@ -292,7 +292,7 @@ def test_constructed_reply_without_node_is_rejected(shared_data: Path) -> None:
     )
     strategy._sent.pop(messages[0].metadata.dst_node_id)
     arrays, _ = strategy.aggregate_train(1, [stray])
-    assert arrays is None and strategy._round_stats.rejected == 1
+    assert arrays is None and strategy._stats.rejected == 1
 
 
 def test_run_is_reproducible_whatever_the_node_ids(shared_data: Path) -> None:
@@ -308,9 +308,9 @@ def test_update_norm_clipped(shared_data: Path) -> None:
     config = tiny_vision_config(shared_data, rounds=1, max_update_norm=1e-3, norm_policy="clip")
     strategy = make_strategy(config)
     strategy.start(InProcessGrid(2, tamper=_bad("huge")))
-    stats = strategy._round_stats
+    stats = strategy._stats
     assert stats.rejected == 0 and stats.clipped == 2
-    moved = (strategy.values - strategy.base_values).double().norm()
+    moved = (strategy.values - strategy.state.base_values).double().norm()
     assert 0 < float(moved) <= 1e-3 * (1 + 1e-6)  # a mean of two clipped updates
 
 
@@ -325,7 +325,7 @@ def test_missing_replies_counted(shared_data: Path) -> None:
 
     grid.send_and_receive = lossy  # type: ignore[method-assign]
     strategy.start(grid)
-    assert strategy._round_stats.missing == 1 and strategy._round_stats.replies == 1
+    assert strategy._stats.missing == 1 and strategy._stats.replies == 1
 
 
 def test_node_config_data_dir_overrides_the_run(shared_data: Path, tmp_path: Path) -> None:
@@ -339,6 +339,6 @@ def test_node_config_data_dir_overrides_the_run(shared_data: Path, tmp_path: Pat
     copy.write_bytes(Path(config.data_dir).read_bytes())
     grid.contexts[1000].node_config["data-dir"] = str(copy)
     strategy.start(grid)
-    stats = strategy._round_stats
+    stats = strategy._stats
     assert stats.replies == 2 and stats.rejected == 1
     assert "node 1001" in stats.reasons[0] and "elsewhere.npz" in stats.reasons[0]

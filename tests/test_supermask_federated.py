@@ -17,6 +17,7 @@ from fish_fl import protocol as P
 from fish_fl.checkpoint import apply_sparse_delta
 from fish_fl.config import ConfigError, RunConfig
 from fish_fl.masks import MaskSpec, build_mask
+from fish_fl.methods import method_for
 from fish_fl.runlog import RunRecorder
 from fish_fl.supermask import (
     SupermaskConfig,
@@ -26,9 +27,10 @@ from fish_fl.supermask import (
     pack_mask,
     unpack_mask,
 )
+from fish_fl.supermask.method import SupermaskMethod, supermask_config
+from fish_fl.supermask.method import masks_down as _masks_down
 from fish_fl.task import build_base_model
 from strategies.server_app import run_server
-from strategies.supermask_strategy import SupermaskStrategy
 
 from .flower_harness import InProcessGrid, make_strategy, tiny_vision_config
 from .tiny_models import tiny_bert
@@ -120,21 +122,21 @@ def test_bad_supermask_config(values: dict[str, object], expected: str) -> None:
 
 def test_auto_downlink_sends_masks_below_32_clients_a_round() -> None:
     def masks_down(**values: object) -> bool:
-        return RunConfig.from_mapping({"mask-method": "supermask", **values}).supermask_masks_down
+        return _masks_down(RunConfig.from_mapping({"mask-method": "supermask", **values}))
 
     assert masks_down(**{"num-clients": 31})
     assert not masks_down(**{"num-clients": 32})
     assert masks_down(**{"num-clients": 64, "clients-per-round": 8})
     assert masks_down(**{"num-clients": 64, "supermask-downlink": "masks"})
     assert not masks_down(**{"supermask-uplink": "scores"})
-    assert not RunConfig().supermask_masks_down
+    assert not isinstance(method_for(RunConfig()), SupermaskMethod)
 
 
 def test_sum_of_score_updates_is_allowed() -> None:
     config = RunConfig.from_mapping(
         {"mask-method": "supermask", "supermask-uplink": "scores", "aggregation": "sum"}
     )
-    assert config.supermask_config(vision=True).maskable == ("conv1", r"layer\d+")
+    assert supermask_config(config, vision=True).maskable == ("conv1", r"layer\d+")
 
 
 # --------------------------------------------------------------------------
@@ -163,7 +165,7 @@ def test_sampled_masks_round_by_hand(shared_data: Path, tmp_path: Path) -> None:
     config = _config(shared_data, rounds=2)
     recorder = RunRecorder(tmp_path / "run", config, stream=None)
     strategy = make_strategy(config, recorder)
-    assert isinstance(strategy, SupermaskStrategy)
+    assert isinstance(strategy.method, SupermaskMethod)
     replies: dict[tuple[int, int], Message] = {}
     grid = InProcessGrid(2, tamper=_recording(replies))
     initial = {n: p.detach().clone() for n, p in strategy.model.named_parameters()}
@@ -178,8 +180,7 @@ def test_sampled_masks_round_by_hand(shared_data: Path, tmp_path: Path) -> None:
 
     strategy.prepare_round = prepare  # type: ignore[method-assign]
     strategy.start(grid)
-    layout = strategy.layout
-    assert layout is not None
+    layout = strategy.method.layout(strategy.state)  # type: ignore[attr-defined]
     wrapper = strategy.model
     assert isinstance(wrapper, SupermaskModel)
 
@@ -239,9 +240,9 @@ def test_score_updates_are_averaged(shared_data: Path) -> None:
     deltas = [torch.from_numpy(r.content.array_records[P.ARRAYS][P.UPDATE].numpy()) for r in r1]
     w = [float(r.content.metric_records[P.METRICS][P.NUM_EXAMPLES]) for r in r1]  # type: ignore[arg-type]
     assert all(d.numel() == strategy.plan.union.k for d in deltas)  # type: ignore[union-attr]
-    want = strategy.base_values + (w[0] * deltas[0] + w[1] * deltas[1]) / sum(w)
+    want = strategy.state.base_values + (w[0] * deltas[0] + w[1] * deltas[1]) / sum(w)
     torch.testing.assert_close(strategy.values, want, rtol=0, atol=1e-6)
-    assert not torch.equal(strategy.values, strategy.base_values)
+    assert not torch.equal(strategy.values, strategy.state.base_values)
 
 
 def test_mask_downlink_rebuilds_the_same_run(shared_data: Path, tmp_path: Path) -> None:
@@ -260,8 +261,7 @@ def test_mask_downlink_rebuilds_the_same_run(shared_data: Path, tmp_path: Path) 
         masks.model.named_parameters(), scores.model.named_parameters(), strict=True
     ):
         assert torch.equal(a, b), name
-    layout = masks.layout
-    assert layout is not None
+    layout = masks.method.layout(masks.state)  # type: ignore[attr-defined]
     # Rounds 2 and 3 send each node the 2 masks of the last round, not float32 scores.
     buffers = P.flat_buffers(masks.model).numel()
     for rnd in (2, 3):
@@ -282,18 +282,20 @@ def test_node_refuses_scores_it_cannot_rebuild(
 ) -> None:
     config = _config(shared_data, rounds=2)
     strategy = make_strategy(config)
-    original = strategy._value_config
+    original = strategy.method.value_config
 
-    def wrong(values: torch.Tensor) -> dict[str, object]:
-        out = original(values)
-        if strategy.last_masks:  # from round 2: claim other scores than the masks give
+    def wrong(values: torch.Tensor, state: object) -> dict[str, object]:
+        out = original(values, state)  # type: ignore[arg-type]
+        if (
+            "extra/score-masks" in strategy.state.extra
+        ):  # from round 2: other scores than the masks give
             out[P.CFG_SCORES_FINGERPRINT] = "0" * 16
         return out
 
-    strategy._value_config = wrong  # type: ignore[method-assign]
+    strategy.method.value_config = wrong  # type: ignore[method-assign]
     with caplog.at_level(logging.WARNING):
         strategy.start(InProcessGrid(2))
-    assert strategy._round_stats.skipped and strategy._round_stats.rejected == 2
+    assert strategy._stats.skipped and strategy._stats.rejected == 2
     assert "rebuilt scores have fingerprint" in caplog.text
 
 
@@ -322,10 +324,10 @@ def _bad_mask(kind: str):
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [
-        ("short", "a packed mask of"),
+        ("short", "sampled-mask: "),
         ("padding", "padding bits set"),
-        ("dtype", "sampled mask must be a 1-D array of uint8"),
-        ("2d", "sampled mask must be a 1-D array of uint8"),
+        ("dtype", "sampled-mask: dtype int32, expected uint8"),
+        ("2d", "sampled-mask: shape (1, "),
         ("missing", "expected arrays"),
     ],
 )
@@ -340,7 +342,7 @@ def test_bad_sampled_mask_rejected_round_goes_on(
     before = strategy.values.clone()
     with caplog.at_level(logging.WARNING):
         strategy.start(InProcessGrid(2, tamper=_bad_mask(kind)))
-    stats = strategy._round_stats
+    stats = strategy._stats
     assert stats.rejected == 1 and not stats.skipped
     assert any("node 1001" in r.message and reason in r.message for r in caplog.records), (
         caplog.text
