@@ -9,6 +9,7 @@ position by position over the clients that train it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,6 +60,10 @@ def average_buffers(buffers: Sequence[Tensor], weights: Sequence[float]) -> Tens
     """Example-weighted mean of dense buffers (BatchNorm statistics)."""
     if not buffers:
         raise ValueError("no buffers to average")
+    if len(weights) != len(buffers):
+        raise ValueError(f"{len(weights)} weights for {len(buffers)} buffers")
+    if not all(isinstance(w, (int, float)) and math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"buffer weights must be finite and positive, got {list(weights)}")
     w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
     stacked = torch.stack([b.double() for b in buffers])
     return ((stacked * w.view(-1, 1)).sum(0) / w.sum()).float()
