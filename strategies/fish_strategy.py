@@ -53,6 +53,21 @@ EvaluateFn = Callable[[nn.Module], dict[str, float]]
 CalibrationFn = Callable[[], Iterable[Any]]
 
 
+def _node_of(reply: Message) -> int:
+    try:
+        return int(reply.metadata.src_node_id)
+    except Exception:
+        return -1
+
+
+def _size_of(reply: Message) -> int:
+    """A reply's serialised size; 0 for one that cannot be serialised (it is rejected)."""
+    try:
+        return message_bytes(reply)
+    except Exception:
+        return 0
+
+
 class RunFailed(RuntimeError):
     """The run cannot go on (rounds in a row without enough valid replies)."""
 
@@ -275,10 +290,10 @@ class FishMaskStrategy(Strategy):
         answered: set[int] = set()
         for reply in replies:
             view = view_of(reply)
-            node_id = int(reply.metadata.src_node_id)
+            node_id = view.node_id if isinstance(view, R.ReplyView) else _node_of(reply)
             answered.add(node_id)
             stats.replies += 1
-            size = message_bytes(reply)
+            size = _size_of(reply)
             stats.train_bytes_up += size
             stats.train_messages_up += 1
             sent = self._sent.get(node_id)
@@ -363,9 +378,9 @@ class FishMaskStrategy(Strategy):
     ) -> MetricRecord | None:
         accepted = []
         for reply in replies:
-            self.state.ledger.record_up(server_round, message_bytes(reply))
-            node_id = int(reply.metadata.src_node_id)
+            self.state.ledger.record_up(server_round, _size_of(reply))
             view = view_of(reply)
+            node_id = view.node_id if isinstance(view, R.ReplyView) else _node_of(reply)
             sent = self._sent.get(node_id)
             checked = view if isinstance(view, P.Rejected) else R.check_eval_reply(view, sent)
             if isinstance(checked, P.Rejected):
@@ -395,9 +410,9 @@ class FishMaskStrategy(Strategy):
         replies = grid.send_and_receive(messages, timeout=self.config.round_timeout)
         accepted = []
         for reply in replies:
-            node_id = int(reply.metadata.src_node_id)
-            self.state.ledger.record_up(rnd, message_bytes(reply), paper_bytes=2 * self.state.total)
+            self.state.ledger.record_up(rnd, _size_of(reply), paper_bytes=2 * self.state.total)
             view = view_of(reply)
+            node_id = view.node_id if isinstance(view, R.ReplyView) else _node_of(reply)
             sent = self._sent.get(node_id)
             checked = (
                 view

@@ -34,6 +34,7 @@ from .wire import ReplyView, WireError, decode_array, metric
 
 __all__ = [
     "Decoded",
+    "ReplyView",
     "RoundStats",
     "check_eval_reply",
     "check_scores_reply",
