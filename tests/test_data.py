@@ -158,6 +158,11 @@ def test_image_loader_normalises_in_order(tmp_path: Path) -> None:
         split.images[4].transpose(2, 0, 1) / 255.0 - np.array(CIFAR10_MEAN)[:, None, None]
     ) / np.array(CIFAR10_STD)[:, None, None]
     np.testing.assert_allclose(images[0].numpy(), expected, rtol=1e-5, atol=1e-5)
+    # Bit for bit the float32 formula: subtract the channel mean, then divide by the std.
+    raw = torch.from_numpy(split.images[[4, 7]]).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    assert torch.equal(images, (raw - mean) / std)
 
 
 def test_training_loader_is_seeded() -> None:

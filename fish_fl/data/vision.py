@@ -464,9 +464,9 @@ def normalize_images(
     torch.Tensor
         Normalised images.
     """
-    m = torch.as_tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
-    return (images - m) / s
+    from torchvision.transforms.v2.functional import normalize
+
+    return normalize(images, list(mean), list(std))
 
 
 class ImageCollator:
