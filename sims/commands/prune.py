@@ -18,6 +18,7 @@ import typer
 
 from fish_fl.config import RunConfig
 
+from .options import PresetArgument, SetOption
 from .run import load_preset
 
 __all__ = ["DEFAULT_PRUNABLE_VISION", "prune_and_evaluate", "prune_command"]
@@ -118,13 +119,8 @@ def prune_and_evaluate(
 
 
 def prune_command(
-    preset: Annotated[
-        str, typer.Argument(help="Preset name (see sims/presets) or a TOML file.")
-    ] = "sst2-minilm",
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override a config key: --set lr=1e-3 (repeatable)."),
-    ] = None,
+    preset: PresetArgument = "sst2-minilm",
+    set_: SetOption = None,
     final: Annotated[
         float, typer.Option("--final", help="Final sparsity s_f of the pruned weights, in [0, 1).")
     ] = 0.5,
