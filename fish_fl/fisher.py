@@ -39,7 +39,6 @@ the same loop (:func:`fisher_diagonal_reference`) is the test reference.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -738,8 +737,3 @@ def fisher_diagonal_reference(
     finally:
         bar.close()
     return _finish(accum, n_samples)
-
-
-def fisher_total(scores: Mapping[str, Tensor]) -> float:
-    """Sum of all scores (the trace of the diagonal Fisher)."""
-    return math.fsum(float(s.sum()) for s in scores.values())

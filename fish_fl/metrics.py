@@ -1,4 +1,4 @@
-"""Task metrics of the FISH Mask paper's evaluations, without scipy or sklearn.
+"""Task metrics of the FISH Mask paper's evaluations.
 
 Sung, Nair and Raffel (NeurIPS 2021, arXiv 2111.09839), Table 1, report per
 GLUE task the standard metric -- Matthews correlation for CoLA, F1 and
@@ -10,7 +10,11 @@ CIFAR-10 experiments report accuracy.
 All values are fractions (accuracy 0.9, not 90). A statistic whose
 denominator vanishes (a correlation of a constant, F1 with no positive
 predictions or labels) is reported as 0.0, the "no signal" value, so that an
-untrained model never yields NaN in a log or an average.
+untrained model never yields NaN in a log or an average. F1 and the Matthews
+correlation come from scikit-learn, Pearson and Spearman from scipy; accuracy
+is the count of correct predictions over the examples. scipy and scikit-learn
+are imported on first use: they take seconds to import and every node imports
+this module.
 """
 
 from __future__ import annotations
@@ -110,13 +114,17 @@ def accuracy(predictions: Any, labels: Any) -> float:
     return float(np.mean(p == y))
 
 
+def _constant(values: np.ndarray) -> bool:
+    return bool(np.all(values == values[0]))
+
+
 def f1_binary(predictions: Any, labels: Any, positive: int = 1) -> float:
-    """F1 score of the positive class (MRPC, QQP).
+    """F1 score of the positive class (MRPC, QQP), by scikit-learn.
 
     Parameters
     ----------
     predictions, labels : array-like
-        Class ids, same length.
+        Class ids, same length (other classes count as negatives).
     positive : int, default 1
         The positive class.
 
@@ -126,22 +134,16 @@ def f1_binary(predictions: Any, labels: Any, positive: int = 1) -> float:
         ``2 TP / (2 TP + FP + FN)``; 0.0 when there are no positive
         predictions and no positive labels.
     """
+    from sklearn.metrics import f1_score
+
     p, y = _pair(predictions, labels)
-    tp = float(np.sum((p == positive) & (y == positive)))
-    fp = float(np.sum((p == positive) & (y != positive)))
-    fn = float(np.sum((p != positive) & (y == positive)))
-    denominator = 2.0 * tp + fp + fn
-    return 0.0 if denominator == 0 else 2.0 * tp / denominator
+    # labels=[positive] scores that class alone (one against the rest, any
+    # number of classes); zero_division=0.0 is the "no signal" value, silently.
+    return float(f1_score(y, p, labels=[positive], average="macro", zero_division=0.0))
 
 
 def matthews_corrcoef(predictions: Any, labels: Any) -> float:
-    """Matthews correlation coefficient (CoLA), for any number of classes.
-
-    Computed from the confusion matrix ``C`` as
-    ``(c s - sum_k p_k t_k) / sqrt((s^2 - sum_k p_k^2)(s^2 - sum_k t_k^2))``
-    with ``c`` correct predictions, ``s`` examples, ``p_k`` / ``t_k``
-    predicted / true counts of class ``k``; for two classes this is the
-    familiar ``(TP TN - FP FN) / sqrt(...)``.
+    """Matthews correlation coefficient (CoLA), for any number of classes, by scikit-learn.
 
     Parameters
     ----------
@@ -154,22 +156,17 @@ def matthews_corrcoef(predictions: Any, labels: Any) -> float:
         In [-1, 1]; 0.0 when either side is constant.
     """
     p, y = _pair(predictions, labels)
-    _, codes = np.unique(np.concatenate([p, y]), return_inverse=True)
-    pc, yc = codes[: p.size], codes[p.size :]
-    k = int(codes.max()) + 1
-    confusion = np.zeros((k, k), dtype=np.float64)
-    np.add.at(confusion, (yc, pc), 1.0)
-    t_k = confusion.sum(axis=1)
-    p_k = confusion.sum(axis=0)
-    c = np.trace(confusion)
-    s = confusion.sum()
-    numerator = c * s - float(p_k @ t_k)
-    denominator = np.sqrt((s * s - float(p_k @ p_k)) * (s * s - float(t_k @ t_k)))
-    return 0.0 if denominator == 0 else float(numerator / denominator)
+    # A constant side is exactly when the denominator vanishes; scikit-learn
+    # returns 0.0 there too, but warns when both sides hold one class.
+    if _constant(p) or _constant(y):
+        return 0.0
+    from sklearn.metrics import matthews_corrcoef as sk_matthews_corrcoef
+
+    return float(sk_matthews_corrcoef(y, p))
 
 
 def pearson(x: Any, y: Any) -> float:
-    """Pearson correlation coefficient (STS-B).
+    """Pearson correlation coefficient (STS-B), by scipy.
 
     Parameters
     ----------
@@ -182,14 +179,17 @@ def pearson(x: Any, y: Any) -> float:
         In [-1, 1]; 0.0 when either side is constant.
     """
     a, b = _pair(x, y)
-    a = a.astype(np.float64) - a.mean(dtype=np.float64)
-    b = b.astype(np.float64) - b.mean(dtype=np.float64)
-    denominator = np.sqrt(float(a @ a) * float(b @ b))
-    return 0.0 if denominator == 0 else float(np.clip((a @ b) / denominator, -1.0, 1.0))
+    # scipy returns NaN with a ConstantInputWarning for a constant side (and
+    # rejects a single example, which is constant too).
+    if _constant(a) or _constant(b):
+        return 0.0
+    from scipy.stats import pearsonr
+
+    return float(pearsonr(a.astype(np.float64), b.astype(np.float64)).statistic)
 
 
 def rankdata(values: Any) -> np.ndarray:
-    """Ranks 1..n, tied values sharing the mean of their ranks.
+    """Ranks 1..n, tied values sharing the mean of their ranks (scipy's ``rankdata``).
 
     Parameters
     ----------
@@ -201,16 +201,14 @@ def rankdata(values: Any) -> np.ndarray:
     numpy.ndarray
         float64 ranks (e.g. ``[10, 20, 20, 30] -> [1, 2.5, 2.5, 4]``).
     """
+    from scipy.stats import rankdata as sp_rankdata
+
     v = _array(values, "values").reshape(-1)
-    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
-    # Values sorted ascending; group g occupies ranks start+1 .. start+count.
-    ends = np.cumsum(counts).astype(np.float64)
-    mean_rank = ends - (counts - 1) / 2.0
-    return mean_rank[inverse]
+    return np.asarray(sp_rankdata(v, method="average"), dtype=np.float64)
 
 
 def spearman(x: Any, y: Any) -> float:
-    """Spearman rank correlation with tie-averaged ranks (STS-B).
+    """Spearman rank correlation with tie-averaged ranks (STS-B), by scipy.
 
     Parameters
     ----------
@@ -223,7 +221,12 @@ def spearman(x: Any, y: Any) -> float:
         Pearson correlation of the ranks; 0.0 when either side is constant.
     """
     a, b = _pair(x, y)
-    return pearson(rankdata(a), rankdata(b))
+    # As for pearson: scipy gives NaN and a warning for a constant side.
+    if _constant(a) or _constant(b):
+        return 0.0
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.astype(np.float64), b.astype(np.float64)).statistic)
 
 
 def predictions_from_outputs(outputs: Any, regression: bool = False) -> np.ndarray:

@@ -38,7 +38,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from fish_fl.data.hub import hub_offline
-from fish_fl.device import autocast, make_grad_scaler, resolve_device
+from fish_fl.device import resolve_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -52,14 +52,12 @@ __all__ = [
     "CifarResNet",
     "ModelSource",
     "ModelUnavailableError",
-    "autocast",
     "build_model",
     "build_resnet_cifar",
     "count_parameters",
     "is_vision_model",
     "load_sequence_classifier",
     "load_tokenizer",
-    "make_grad_scaler",
     "minilm_path",
     "resolve_device",
     "resolve_model_source",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .masks import Mask, head_names, parameter_shapes
 from .masks.mask import compile_patterns
-from .training import SparseParameters, TrainStats, task_loss, train_steps
+from .training import SparseParameters, TrainStats, cycle_batches, task_loss, train_steps
 
 __all__ = [
     "DEFAULT_PRUNABLE",
@@ -325,16 +325,6 @@ class MagnitudePruner:
         return Mask(indices, mask.shapes)
 
 
-def _endless(batches: Iterable[Any]) -> Iterator[Any]:
-    while True:
-        empty = True
-        for batch in batches:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("training data yielded no batch")
-
-
 def train_with_pruning(
     sparse: SparseParameters,
     optimizer: torch.optim.Optimizer,
@@ -345,6 +335,7 @@ def train_with_pruning(
     device: torch.device,
     start: int = 0,
     grad_clip: float = 0.0,
+    amp: bool = False,
     loss_fn: Any = task_loss,
 ) -> TrainStats:
     """Train ``steps`` steps through :func:`train_steps`, pruning on the schedule.
@@ -358,7 +349,7 @@ def train_with_pruning(
         raise ValueError(f"steps must be a positive integer, got {steps}")
     if sparse.model is not pruner.model:
         raise ValueError("the pruner and the sparse parameters belong to different models")
-    stream = _endless(batches)
+    stream = cycle_batches(batches)
     total_loss, examples = 0.0, 0
     for t in range(start, start + steps):
         # 1. prune on the schedule (the trained leaves follow the model).
@@ -366,7 +357,14 @@ def train_with_pruning(
             sparse.sync_from_model()
         # 2. one ordinary sparse step.
         stats = train_steps(
-            sparse, optimizer, stream, steps=1, device=device, grad_clip=grad_clip, loss_fn=loss_fn
+            sparse,
+            optimizer,
+            stream,
+            steps=1,
+            device=device,
+            grad_clip=grad_clip,
+            amp=amp,
+            loss_fn=loss_fn,
         )
         # 3. pruned entries are zero whatever the optimiser did.
         pruner.enforce()

@@ -35,6 +35,7 @@ __all__ = [
     "OptimizerConfig",
     "SparseParameters",
     "TrainStats",
+    "cycle_batches",
     "evaluate",
     "make_optimizer",
     "optimizer_state_bytes",
@@ -234,7 +235,8 @@ class TrainStats:
     mean_loss: float
 
 
-def _cycle(batches: Iterable[Any]) -> Iterator[Any]:
+def cycle_batches(batches: Iterable[Any]) -> Iterator[Any]:
+    """Batches of ``batches`` without end, re-iterating it (a new epoch) when it runs out."""
     while True:
         empty = True
         for batch in batches:
@@ -267,7 +269,7 @@ def train_steps(
     trainable = sparse.trainable()
     use_amp = amp and device.type == "cuda"
     total_loss, examples = 0.0, 0
-    stream = _cycle(batches)
+    stream = cycle_batches(batches)
     for _ in range(steps):
         inputs, targets = move_batch(next(stream), device, non_blocking=True)
         # 1. forward and backward as usual: gradients land on the parameters.

@@ -11,6 +11,7 @@ from .commands.compare import compare_command
 from .commands.distance import distance_command
 from .commands.export import apply_command, export_command
 from .commands.plot import plot_command
+from .commands.prune import prune_command
 from .commands.run import run_command
 from .commands.sweep import sweep_command
 
@@ -29,6 +30,7 @@ app.command("export")(export_command)
 app.command("apply")(apply_command)
 app.command("distance")(distance_command)
 app.command("sweep")(sweep_command)
+app.command("prune")(prune_command)
 
 
 def main() -> None:

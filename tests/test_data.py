@@ -86,6 +86,63 @@ def test_image_folder(tmp_path: Path) -> None:
         np.testing.assert_array_equal(data.train.images[2], np.asarray(img))
 
 
+def test_image_folder_reads_like_pil_with_training_class_ids(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    layout = {
+        "train": {"b": ["10.png", "2.PNG", "9.jpg"], "a": ["x.png", "y.jpeg"], "c": []},
+        "test": {"c": ["1.png"], "b": ["z.png"]},  # no class "a": ids stay b=1, c=2
+    }
+    for split, classes in layout.items():
+        for name, files in classes.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            for file in files:
+                image = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+                image = image.convert(
+                    "RGBA" if file == "x.png" else "L" if file == "y.jpeg" else "RGB"
+                )
+                image.save(
+                    tmp_path / split / name / file,
+                    format="PNG" if "png" in file.lower() else "JPEG",
+                )
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
+    data = load_image_folder(tmp_path)
+    assert data.classes == ("a", "b", "c")
+    # files in sorted name order within sorted classes; labels from the training folders
+    order = {
+        "train": ["a/x.png", "a/y.jpeg", "b/10.png", "b/2.PNG", "b/9.jpg"],
+        "test": ["b/z.png", "c/1.png"],
+    }
+    np.testing.assert_array_equal(data.train.labels, [0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(data.test.labels, [1, 2])
+    for split, files in order.items():
+        expected = []
+        for file in files:
+            with Image.open(tmp_path / split / file) as img:
+                expected.append(np.asarray(img.convert("RGB")))
+        np.testing.assert_array_equal(getattr(data, split).images, np.stack(expected))
+
+
+def test_image_folder_of_cifar_pngs_equals_the_npz(tmp_path: Path, shared_data: Path) -> None:
+    from PIL import Image
+
+    npz = load_cifar10(shared_data / "cifar10" / "cifar10_subset.npz")
+    rows = {}
+    for split, part in (("train", npz.train), ("test", npz.test)):
+        # three images per class, in class order (the CIFAR-10 names sort as their ids)
+        rows[split] = np.concatenate([np.flatnonzero(part.labels == k)[:3] for k in range(10)])
+        for n, row in enumerate(rows[split]):
+            folder = tmp_path / split / part.classes[part.labels[row]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(part.images[row]).save(folder / f"{n:03d}.png")
+    data = load_cifar10(tmp_path)
+    assert data.classes == CIFAR10_CLASSES
+    for split, part in (("train", npz.train), ("test", npz.test)):
+        np.testing.assert_array_equal(getattr(data, split).images, part.images[rows[split]])
+        np.testing.assert_array_equal(getattr(data, split).labels, part.labels[rows[split]])
+
+
 def test_image_loader_normalises_in_order(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     split = ImageSplit(
@@ -101,6 +158,11 @@ def test_image_loader_normalises_in_order(tmp_path: Path) -> None:
         split.images[4].transpose(2, 0, 1) / 255.0 - np.array(CIFAR10_MEAN)[:, None, None]
     ) / np.array(CIFAR10_STD)[:, None, None]
     np.testing.assert_allclose(images[0].numpy(), expected, rtol=1e-5, atol=1e-5)
+    # Bit for bit the float32 formula: subtract the channel mean, then divide by the std.
+    raw = torch.from_numpy(split.images[[4, 7]]).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    assert torch.equal(images, (raw - mean) / std)
 
 
 def test_training_loader_is_seeded() -> None:

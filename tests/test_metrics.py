@@ -1,4 +1,4 @@
-"""Task metrics against hand-computed values (and scipy/sklearn when installed)."""
+"""Task metrics against hand-computed values and written-out formulas."""
 
 from __future__ import annotations
 
@@ -75,20 +75,63 @@ def test_spearman_with_ties_by_hand() -> None:
     assert spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)
 
 
-def test_against_scipy_and_sklearn() -> None:
-    stats = pytest.importorskip("scipy.stats")
-    skm = pytest.importorskip("sklearn.metrics")
+def _reference_mcc(p: np.ndarray, t: np.ndarray) -> float:
+    # The confusion-matrix formula of the Matthews correlation, written out.
+    classes = np.unique(np.concatenate([p, t]))
+    confusion = np.array([[np.sum((t == a) & (p == b)) for b in classes] for a in classes], float)
+    t_k, p_k, c, s = confusion.sum(1), confusion.sum(0), np.trace(confusion), confusion.sum()
+    return (c * s - p_k @ t_k) / math.sqrt((s * s - p_k @ p_k) * (s * s - t_k @ t_k))
+
+
+def _reference_ranks(v: np.ndarray) -> np.ndarray:
+    # Each value's rank is 1 + (values below it) + (ties - 1) / 2.
+    return np.array([1 + np.sum(v < x) + (np.sum(v == x) - 1) / 2 for x in v])
+
+
+def test_against_written_out_formulas() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 6, 200).astype(float)  # many ties
     y = x + rng.normal(0, 2, 200)
-    assert pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
-    assert spearman(x, np.round(y)) == pytest.approx(stats.spearmanr(x, np.round(y))[0], abs=1e-12)
-    p = rng.integers(0, 2, 300)
-    t = rng.integers(0, 2, 300)
-    assert f1_binary(p, t) == pytest.approx(skm.f1_score(t, p), abs=1e-12)
-    assert matthews_corrcoef(p, t) == pytest.approx(skm.matthews_corrcoef(t, p), abs=1e-12)
+    assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
+    yr = np.round(y)
+    np.testing.assert_array_equal(rankdata(yr), _reference_ranks(yr))
+    rho = np.corrcoef(_reference_ranks(x), _reference_ranks(yr))[0, 1]
+    assert spearman(x, yr) == pytest.approx(rho, abs=1e-12)
+    p, t = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
+    tp, fp, fn = (np.sum((p == a) & (t == b)) for a, b in ((1, 1), (1, 0), (0, 1)))
+    assert f1_binary(p, t) == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
+    assert matthews_corrcoef(p, t) == pytest.approx(_reference_mcc(p, t), abs=1e-12)
     p3, t3 = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
-    assert matthews_corrcoef(p3, t3) == pytest.approx(skm.matthews_corrcoef(t3, p3), abs=1e-12)
+    assert matthews_corrcoef(p3, t3) == pytest.approx(_reference_mcc(p3, t3), abs=1e-12)
+
+
+def test_f1_of_one_class_among_three() -> None:
+    # class 2 against the rest: TP = 1 (idx 3), FP = 1 (idx 0), FN = 1 (idx 4) -> 2 / 4
+    assert f1_binary([2, 0, 1, 2, 0], [0, 0, 1, 2, 2], positive=2) == pytest.approx(0.5)
+
+
+def test_torch_inputs_with_float_labels() -> None:
+    # evaluation hands over float logits and labels that _array turns into float32
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    labels = torch.tensor([1, 0, 0, 0])
+    out = task_metrics("qqp", logits, labels)
+    assert out == pytest.approx(
+        {"accuracy": 0.75, "f1": 2 / 3, "f1_accuracy_mean": (0.75 + 2 / 3) / 2}
+    )
+
+
+@pytest.mark.filterwarnings("error")
+def test_degenerate_inputs_are_zero_without_warnings() -> None:
+    assert matthews_corrcoef([1, 1, 1], [1, 1, 1]) == 0.0
+    assert matthews_corrcoef([0, 1, 2], [2, 2, 2]) == 0.0
+    assert matthews_corrcoef([1], [0]) == 0.0
+    assert f1_binary([0, 2, 0], [2, 0, 0]) == 0.0  # no class 1 anywhere
+    assert pearson([1.0, 2.0, 3.0], [4.0, 4.0, 4.0]) == 0.0
+    assert pearson([1.5], [2.5]) == 0.0
+    assert spearman([1, 1, 1], [1, 2, 3]) == 0.0
+    assert spearman([3.0], [1.0]) == 0.0
+    assert task_metrics("stsb", [2.0, 2.0], [1.0, 4.0])["pearson_spearman_mean"] == 0.0
+    assert task_metrics("cola", [1, 1], [0, 1])["matthews_correlation"] == 0.0
 
 
 def test_predictions_from_outputs() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 import torchvision
 from torch import nn
 
-from fish_fl.device import autocast, make_grad_scaler
 from fish_fl.models import (
     ModelUnavailableError,
     build_model,
@@ -104,17 +102,6 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="'cuda' requested but CUDA is not available"):
             resolve_device("cuda")
-
-
-def test_amp_is_a_no_op_on_cpu() -> None:
-    cpu = torch.device("cpu")
-    assert isinstance(autocast(cpu), contextlib.nullcontext)
-    with autocast(cpu):
-        y = nn.Linear(3, 2)(torch.randn(1, 3))
-    assert y.dtype == torch.float32
-    assert not make_grad_scaler(cpu).is_enabled()
-    with pytest.raises(ValueError, match="autocast dtype 'int8'"):
-        autocast(cpu, dtype="int8")
 
 
 def test_model_sources(tmp_path: Path) -> None:

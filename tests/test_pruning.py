@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from fish_fl.masks import MaskSpec, build_mask
 from fish_fl.pruning import (
@@ -118,3 +124,106 @@ def test_pruner_rejects_unknown_names() -> None:
         MagnitudePruner(model, CubicSchedule(), ["nope"])
     with pytest.raises(ValueError, match="match no parameter"):
         prunable_parameters(model, ("decoder",))
+
+
+# --------------------------------------------------------------------------
+# fish-fl prune
+# --------------------------------------------------------------------------
+def _tiny_cifar(tmp_path: Path) -> list[str]:
+    """A 60 / 20 image npz and the overrides that train a width-4 ResNet-18 on it."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 60),
+        x_test=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 20),
+    )
+    values = {
+        "model": "resnet18",
+        "width": 4,
+        "data-dir": str(path),
+        "train-examples": 0,
+        "eval-examples": 0,
+        "fisher-samples": 8,
+        "batch-size": 8,
+        "eval-batch-size": 20,
+        "progress": "false",
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    from sims.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fish-fl", "prune", *args])
+    main()
+
+
+def test_prune_command_on_a_tiny_resnet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides = _tiny_cifar(tmp_path)
+    saved = tmp_path / "pruned.safetensors"
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    schedule = ["--prunings", "2", "--every", "2"]
+    _cli(monkeypatch, "cifar10-resnet34", *sets, *schedule)
+    text = capsys.readouterr().out
+    _cli(monkeypatch, "cifar10-resnet34", *sets, *schedule, "--json", "--save", str(saved))
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # The text run is the same run (seeded from the config): its figures match.
+    assert (
+        f"6 steps, train loss {report['train_loss']:.4f}; 19 weights pruned to sparsity 0.5000"
+        in text
+    )
+    assert f"accuracy {report['metrics']['accuracy']:.4f}" in text
+    assert report["saved"] == str(saved)
+    assert report["steps"] == 6  # last pruning step 4, plus one interval
+    # The 16 convolutions of the four stages and the 3 downsampling ones, each at 50%.
+    by_name = report["sparsity_by_parameter"]
+    assert len(by_name) == 19 and all(n.startswith("layer") for n in by_name)
+    assert report["sparsity"] == 0.5
+
+    # Rebuild the run's base and mask: pruned entries are zero, the rest moved only under the mask.
+    from fish_fl.masks import build_mask
+    from fish_fl.task import build_base_model, load_task_data
+    from sims.commands.run import load_preset
+
+    config = load_preset("cifar10-resnet34", overrides).replace(num_clients=1)
+    base = build_base_model(config)
+    mask = build_mask(base, config.mask_spec(), load_task_data(config).calibration_loader())
+    assert report["trained"] == mask.k
+    state = load_file(str(saved))
+    unpruned_trained = 0
+    for name, p in base.named_parameters():
+        after, before = state[name], p.detach()
+        pruned = after == 0 if name in by_name else torch.zeros_like(after, dtype=torch.bool)
+        if name in by_name:
+            assert int(pruned.sum()) == round(0.5 * after.numel()), name
+        trained = mask.to_bool(name)
+        unpruned_trained += int((trained & ~pruned).sum())
+        frozen = ~trained & ~pruned
+        assert torch.equal(after[frozen], before[frozen]), f"{name}: frozen entries moved"
+    assert report["trained_unpruned"] == unpruned_trained
+    accuracy = report["metrics"]["accuracy"]
+    assert report["metric"] == "accuracy" and accuracy * 20 == pytest.approx(round(accuracy * 20))
+
+
+def test_prune_command_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = ["cifar10-resnet34", *(arg for o in _tiny_cifar(tmp_path) for arg in ("--set", o))]
+    cases = [
+        ([*sets, "--steps", "3", "--prunings", "2", "--every", "2"], "--steps 3 ends before"),
+        ([*sets, "--scope", "row"], "--scope must be layer or global, got 'row'"),
+        ([*sets, "--save", str(tmp_path / "x.bin")], "--save must name a .safetensors file"),
+        ([*sets, "--final", "1.0"], "final sparsity must be in [0, 1), got 1.0"),
+        (["sst2-minilm-supermask"], "mask-method=supermask freezes them"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            _cli(monkeypatch, *args)
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith("fish-fl: error: ") and message in err, err

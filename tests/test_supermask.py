@@ -16,7 +16,6 @@ from fish_fl.supermask import (
     SupermaskConfig,
     SupermaskModel,
     aggregate_sampled_masks,
-    aggregate_score_updates,
     bits_per_parameter,
     evaluate_supermask,
     make_supermask_optimizer,
@@ -248,16 +247,6 @@ def test_aggregate_sampled_masks_by_hand() -> None:
         mean_of_masks(masks, [1, 2])
     with pytest.raises(ValueError, match="max_score must be a finite number > 0, got 0"):
         scores_from_probabilities(equal, max_score=0)
-
-
-def test_aggregate_score_updates_by_hand() -> None:
-    a, b = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 2.0, -0.5])
-    torch.testing.assert_close(aggregate_score_updates([a, b]), torch.tensor([2.0, 0.0, 0.0]))
-    torch.testing.assert_close(
-        aggregate_score_updates([a, b], [3, 1]), torch.tensor([1.5, -1.0, 0.25])
-    )
-    with pytest.raises(ValueError, match="non-finite"):
-        aggregate_score_updates([torch.tensor([math.nan])])
 
 
 def test_federated_round_of_sampled_masks() -> None:

@@ -9,7 +9,9 @@ NHWC arrays:
   ``x_test``, ``y_test`` and optionally ``classes`` (the format of
   ``../shared/data/cifar10/cifar10_subset.npz``);
 * a folder ``<root>/<split>/<class>/*.png|jpg|jpeg`` with splits ``train``
-  and ``test``; classes are the sorted folder names of ``train``.
+  and ``test``, read by torchvision's ``ImageFolder`` (images in subfolders
+  of a class folder count for that class); classes are the sorted folder
+  names of ``train``.
 
 Batches are built by :class:`ImageCollator`: uint8 images are scaled to
 [0, 1], augmented on the whole batch at once (random crop with zero padding
@@ -227,37 +229,37 @@ def load_cifar10_torchvision(root: str | Path | None = None, download: bool = Tr
     )
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def _read_split_folder(folder: Path, classes: Sequence[str]) -> ImageSplit:
-    from PIL import Image
+    from torchvision.datasets import ImageFolder
 
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    shape: tuple[int, ...] | None = None
-    for label, name in enumerate(classes):
-        class_dir = folder / name
-        if not class_dir.is_dir():
-            continue
-        for file in _image_files(class_dir):
-            with Image.open(file) as img:
-                array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-            if shape is None:
-                shape = array.shape
-            elif array.shape != shape:
-                raise ValueError(
-                    f"image {str(file)!r} is {array.shape[1]}x{array.shape[0]}: expected every "
-                    f"image of the folder to be {shape[1]}x{shape[0]}"
-                )
-            images.append(array)
-            labels.append(label)
-    if not images:
+    class _KnownClasses(ImageFolder):
+        # Class ids come from the training split's folders, so a held-out
+        # split that lacks a class keeps the training split's numbering.
+        def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+            return list(classes), {name: i for i, name in enumerate(classes)}
+
+    dataset = _KnownClasses(
+        str(folder),
+        is_valid_file=lambda name: Path(name).suffix.lower() in IMAGE_SUFFIXES,
+        allow_empty=True,
+    )
+    if not dataset.samples:
         raise ValueError(
             f"image folder {str(folder)!r} holds no images: expected <class>/*.png|jpg|jpeg"
         )
-    return _split(np.stack(images), np.asarray(labels), tuple(classes))
+    images: list[np.ndarray] = []
+    shape: tuple[int, ...] | None = None
+    for (file, _), (image, _) in zip(dataset.samples, dataset, strict=True):
+        array = np.asarray(image, dtype=np.uint8)  # the loader has converted to RGB
+        if shape is None:
+            shape = array.shape
+        elif array.shape != shape:
+            raise ValueError(
+                f"image {file!r} is {array.shape[1]}x{array.shape[0]}: expected every "
+                f"image of the folder to be {shape[1]}x{shape[0]}"
+            )
+        images.append(array)
+    return _split(np.stack(images), np.asarray(dataset.targets), tuple(classes))
 
 
 def load_image_folder(path: str | Path, splits: tuple[str, str] = ("train", "test")) -> ImageSplits:
@@ -462,9 +464,9 @@ def normalize_images(
     torch.Tensor
         Normalised images.
     """
-    m = torch.as_tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
-    return (images - m) / s
+    from torchvision.transforms.v2.functional import normalize
+
+    return normalize(images, list(mean), list(std))
 
 
 class ImageCollator:

@@ -33,7 +33,6 @@ from .layer import (
 )
 from .pack import (
     aggregate_sampled_masks,
-    aggregate_score_updates,
     bits_per_parameter,
     mean_of_masks,
     pack_mask,
@@ -65,7 +64,6 @@ __all__ = [
     "SupermaskEval",
     "SupermaskModel",
     "aggregate_sampled_masks",
-    "aggregate_score_updates",
     "bits_per_parameter",
     "evaluate_supermask",
     "initial_scores",

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.utils import parameters_to_vector
 
 from ..masks import head_names, parameter_shapes
 from ..masks.mask import compile_patterns
@@ -276,7 +277,8 @@ class SupermaskModel(nn.Module):
     # -- flat views (for federated exchange) -------------------------------------
     def score_vector(self) -> Tensor:
         """All scores as one float32 vector, maskable parameters in order."""
-        return torch.cat([self.score(n).detach().reshape(-1).float().cpu() for n in self.maskable])
+        scores = (self.score(n) for n in self.maskable)
+        return parameters_to_vector(scores).detach().float().cpu()
 
     def load_score_vector(self, values: Tensor) -> None:
         """Write a vector laid out as :meth:`score_vector` into the scores.

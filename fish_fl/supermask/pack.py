@@ -2,16 +2,14 @@
 
 Framework-free functions for federated supermask training. Each client
 trains its local copy of the scores (Radiya-Dixit and Wang, "How fine can
-fine-tuning be?", AISTATS 2020, arXiv 2004.14129) and sends either
-
-* a binary mask sampled from its scores, packed 1 bit per entry
-  (:func:`pack_mask`); the server takes the (example-weighted) mean of the
-  clients' masks as the new keep probability and turns it back into scores
-  with a clamped logit, as in federated probabilistic masks (FedPM: Isik et
-  al., "Sparse random networks for communication-efficient federated
-  learning", ICLR 2023) -- :func:`aggregate_sampled_masks`; or
-* its score update (local scores minus the scores it received), which the
-  server averages and adds -- :func:`aggregate_score_updates`.
+fine-tuning be?", AISTATS 2020, arXiv 2004.14129) and may send a binary mask
+sampled from its scores, packed 1 bit per entry (:func:`pack_mask`); the
+server takes the (example-weighted) mean of the clients' masks as the new
+keep probability and turns it back into scores with a clamped logit, as in
+federated probabilistic masks (FedPM: Isik et al., "Sparse random networks
+for communication-efficient federated learning", ICLR 2023) --
+:func:`aggregate_sampled_masks`. Score updates need nothing here: they travel
+and are combined like any sparse update (:mod:`fish_fl.supermask.federated`).
 
 All vectors are flat, laid out as :meth:`SupermaskModel.score_vector`.
 """
@@ -29,7 +27,6 @@ from .layer import sample_bernoulli
 
 __all__ = [
     "aggregate_sampled_masks",
-    "aggregate_score_updates",
     "bits_per_parameter",
     "mean_of_masks",
     "pack_mask",
@@ -176,30 +173,6 @@ def aggregate_sampled_masks(
     """
     probs = mean_of_masks([unpack_mask(p, numel) for p in packed], weights)
     return probs, scores_from_probabilities(probs, max_score)
-
-
-def aggregate_score_updates(
-    updates: Sequence[Tensor], weights: Sequence[float] | None = None
-) -> Tensor:
-    """The (weighted) mean of the clients' score updates (float32).
-
-    The server adds it to the scores it sent: ``new = old + mean``.
-
-    Raises
-    ------
-    ValueError
-        On no updates, different sizes, non-finite values or bad weights.
-    """
-    w = _weights(len(updates), weights)
-    flat = [torch.as_tensor(u).detach().reshape(-1).double() for u in updates]
-    if any(u.numel() != flat[0].numel() for u in flat):
-        raise ValueError(f"score updates have different sizes: {sorted({u.numel() for u in flat})}")
-    total = torch.zeros(flat[0].numel(), dtype=torch.float64)
-    for wi, u in zip(w, flat, strict=True):
-        if not bool(torch.isfinite(u).all()):
-            raise ValueError("a score update has non-finite values")
-        total += wi * u
-    return total.to(torch.float32)
 
 
 def bits_per_parameter(payload_bytes: int, numel: int) -> float:
