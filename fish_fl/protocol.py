@@ -35,6 +35,7 @@ from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parameters_to_vector
 
 T = TypeVar("T")
 
@@ -133,12 +134,17 @@ Checked = Accepted[T] | Rejected
 
 def flat_parameters(model: nn.Module) -> Tensor:
     """Every parameter, flattened and concatenated in the model's order (float32, CPU)."""
-    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in model.parameters()])
+    return parameters_to_vector(model.parameters()).detach().to("cpu", torch.float32)
 
 
 @torch.no_grad()
 def load_flat_parameters(model: nn.Module, flat: Tensor) -> None:
-    """Inverse of :func:`flat_parameters`; raises on a length mismatch."""
+    """Inverse of :func:`flat_parameters`; raises on a length mismatch.
+
+    Written out rather than ``vector_to_parameters``, which rebinds each
+    parameter to a view of ``flat`` (no copy, no cast to the parameter's
+    device and dtype); here every parameter keeps its own storage.
+    """
     total = sum(p.numel() for p in model.parameters())
     if flat.numel() != total:
         raise ValueError(f"flat parameters have {flat.numel()} values, the model has {total}")
