@@ -30,6 +30,9 @@ __all__ = [
     "TaskData",
     "build_base_model",
     "build_task_model",
+    "check_calibration",
+    "check_task",
+    "train_rows",
     "evaluate_model",
     "load_task_data",
     "state_fingerprint",
@@ -157,17 +160,49 @@ def _subset(n: int, keep: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=keep, replace=False)).astype(np.int64)
 
 
-def load_task_data(config: RunConfig) -> TaskData:
-    """Load, subsample, tokenise and partition the run's data (deterministic)."""
+def check_task(config: RunConfig) -> None:
+    """Raise :class:`ConfigError` unless the task is one the model can be trained on."""
     if is_vision(config):
-        from .data.vision import ImageSplit, load_cifar10
-
         if config.task != "cifar10":
             raise ConfigError(
                 f"task={config.task!r} does not fit the vision model {config.model!r}; use cifar10"
             )
         if config.data_source == "embedded":
             raise ConfigError("no embedded CIFAR-10 sample ships; use data-source=local or hub")
+        return
+    from .data.glue import GLUE_TASKS, get_task
+
+    try:
+        get_task(config.task)
+    except ValueError:
+        raise ConfigError(
+            f"task={config.task!r} is not a known task; choose one of {', '.join(GLUE_TASKS)} "
+            "(or cifar10 with model resnet18 or resnet34)"
+        ) from None
+
+
+def train_rows(config: RunConfig, available: int) -> int:
+    """How many training examples the run keeps of ``available`` (``train-examples``)."""
+    keep = config.train_examples
+    return available if keep <= 0 or keep >= available else keep
+
+
+def check_calibration(config: RunConfig, n_train: int) -> int:
+    """The server's calibration sample size; raise if it leaves no data to train on."""
+    calibration = config.fisher_samples if config.mask_source == "server" else 0
+    if calibration >= n_train:
+        raise ConfigError(
+            f"fisher-samples={config.fisher_samples} leaves no training data among {n_train} examples"
+        )
+    return calibration
+
+
+def load_task_data(config: RunConfig) -> TaskData:
+    """Load, subsample, tokenise and partition the run's data (deterministic)."""
+    check_task(config)
+    if is_vision(config):
+        from .data.vision import ImageSplit, load_cifar10
+
         source = "torchvision" if config.data_source == "hub" else config.data_dir
         images = load_cifar10(source)
         tr = _subset(len(images.train.labels), config.train_examples, config.seed)
@@ -200,11 +235,7 @@ def load_task_data(config: RunConfig) -> TaskData:
         train = tokenize_split(train_split, tokenizer, config.max_length)
         held_out = tokenize_split(take(splits.dev, ev), tokenizer, config.max_length)
         labels = np.asarray(train_split.labels)
-    calibration = config.fisher_samples if config.mask_source == "server" else 0
-    if calibration >= len(labels):
-        raise ConfigError(
-            f"fisher-samples={config.fisher_samples} leaves no training data among {len(labels)} examples"
-        )
+    calibration = check_calibration(config, len(labels))
     partitions = make_client_partitions(
         labels,
         config.num_clients,

@@ -22,14 +22,18 @@ def simulate(
     The ServerApp runs in this process; ClientApps run in Ray actors with
     ``client-num-cpus`` CPUs (and ``client-num-gpus`` GPUs) each. With
     ``resume``, the run in ``run_dir`` continues after its last checkpoint.
+
+    Pre-flight (:func:`fish_fl.preflight.preflight`) runs first, before Ray.
     """
     import json
 
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
+    from fish_fl.preflight import preflight
     from strategies.server_app import FAILURE, make_server_app
 
+    preflight(config)
     os.environ["FISH_FL_SIMULATION"] = "1"  # clients size their torch thread pools
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     backend_config: dict[str, Any] = {

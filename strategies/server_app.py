@@ -1,14 +1,20 @@
 """The Flower ServerApp: builds the model, data and strategy from the run config.
 
-``app`` is what ``flwr run .`` starts (it reads ``context.run_config``);
-:func:`make_server_app` gives a ServerApp bound to a :class:`RunConfig`, for
-``fish-fl run`` and tests.
+``app`` is what ``flwr run .`` starts (it reads ``context.run_config`` and runs
+the same pre-flight checks as ``fish-fl run`` first); :func:`make_server_app`
+gives a ServerApp bound to a :class:`RunConfig`, for ``fish-fl run`` and tests.
+
+A run folder holds a run that got somewhere: one that fails before its first
+checkpoint (round 1) is removed again, whatever the error, so a failed start
+leaves nothing behind; a later failure keeps the rounds written and says why
+in ``failure.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -45,8 +51,24 @@ def run_server(
     """Run every round and write the run folder; returns the summary.
 
     With ``resume``, continue the run in ``run_dir`` after the last round its
-    checkpoint holds (see :mod:`strategies.state`).
+    checkpoint holds (see :mod:`strategies.state`). A new run that fails
+    before its first checkpoint removes what it wrote (the folder itself too,
+    unless it was there, empty, before).
     """
+    existed = run_dir.is_dir()
+    fresh = not resume and not (existed and any(run_dir.iterdir()))
+    try:
+        return _run_server(grid, config, run_dir, resume=resume)
+    except BaseException:
+        if fresh and run_dir.is_dir() and not (run_dir / CHECKPOINT).is_file():
+            logger.info("removing %s: the run failed before its first round", run_dir)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if existed:
+                run_dir.mkdir(parents=True, exist_ok=True)
+        raise
+
+
+def _run_server(grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     t0 = time.monotonic()
     checkpoint = run_dir / CHECKPOINT
     if resume and not checkpoint.is_file():
@@ -129,12 +151,22 @@ def run_server(
 def make_server_app(
     config: RunConfig | None = None, run_dir: Path | None = None, *, resume: bool = False
 ) -> ServerApp:
-    """A ServerApp bound to ``config`` (else read from Flower's run_config)."""
+    """A ServerApp bound to ``config`` (else read from Flower's run_config).
+
+    A config read from the run_config goes through pre-flight first (a bound
+    one was checked by its caller).
+    """
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = config if config is not None else RunConfig.from_mapping(dict(context.run_config))
+        if config is None:
+            from fish_fl.preflight import preflight
+
+            cfg = RunConfig.from_mapping(dict(context.run_config))
+            preflight(cfg, simulation=False)
+        else:
+            cfg = config
         run_server(grid, cfg, run_dir or default_run_dir(cfg), resume=resume)
 
     return server

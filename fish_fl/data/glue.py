@@ -61,6 +61,7 @@ __all__ = [
     "TsvLayout",
     "embedded_sample_dir",
     "get_task",
+    "glue_files",
     "load_glue",
     "load_glue_hub",
     "load_glue_tsv",
@@ -346,7 +347,9 @@ def _open_text(source: Path | Traversable) -> Any:
     return source.open("r", encoding="utf-8")
 
 
-def read_glue_tsv(path: str | Path | Traversable, task: str | GlueTask) -> TextSplit:
+def read_glue_tsv(
+    path: str | Path | Traversable, task: str | GlueTask, *, max_rows: int | None = None
+) -> TextSplit:
     """Read one file of the official GLUE TSV layout.
 
     Rows with too few fields or an unreadable label (a handful exist in the
@@ -360,6 +363,8 @@ def read_glue_tsv(path: str | Path | Traversable, task: str | GlueTask) -> TextS
         The ``.tsv`` file.
     task : str or GlueTask
         Which task's columns to read.
+    max_rows : int, optional
+        Stop after this many data lines (a quick look at a large file).
 
     Returns
     -------
@@ -404,7 +409,10 @@ def read_glue_tsv(path: str | Path | Traversable, task: str | GlueTask) -> TextS
             text_idx = [int(c) for c in layout.text_columns]
             label_idx = int(layout.label_column)
         needed = max([*text_idx, label_idx]) + 1
-        for line_no, row in enumerate(reader, start=2 if layout.header else 1):
+        first = 2 if layout.header else 1
+        for line_no, row in enumerate(reader, start=first):
+            if max_rows is not None and line_no - first >= max_rows:
+                break
             if not row or row == [""]:
                 continue
             if not layout.header and line_no == 1 and len(row) != layout.num_fields:
@@ -484,14 +492,35 @@ def load_glue_tsv(path: str | Path, task: str | GlueTask) -> GlueSplits:
         If the folder or a file is not in the task's layout.
     """
     spec = get_task(task)
+    train_file, dev_file = glue_files(path, spec)
+    train = read_glue_tsv(train_file, spec)
+    dev = read_glue_tsv(dev_file, spec)
+    logger.info(
+        "loaded GLUE %s from %s: %d train, %d dev",
+        spec.name,
+        train_file.parent,
+        len(train),
+        len(dev),
+    )
+    return GlueSplits(task=spec, train=train, dev=dev)
+
+
+def glue_files(path: str | Path, task: str | GlueTask) -> tuple[Path, Path]:
+    """The training and the dev file of a task in a local GLUE folder (see :func:`load_glue_tsv`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist.
+    ValueError
+        If it is not a GLUE folder for the task.
+    """
+    spec = get_task(task)
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"GLUE folder {str(root)!r} does not exist")
     folder = _find_task_folder(root, spec)
-    train = read_glue_tsv(folder / "train.tsv", spec)
-    dev = read_glue_tsv(folder / spec.dev_file, spec)
-    logger.info("loaded GLUE %s from %s: %d train, %d dev", spec.name, folder, len(train), len(dev))
-    return GlueSplits(task=spec, train=train, dev=dev)
+    return folder / "train.tsv", folder / spec.dev_file
 
 
 def embedded_sample_dir() -> Traversable:

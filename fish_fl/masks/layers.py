@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from .mask import Mask, compile_patterns
-from .registry import head_names, parameter_shapes, register_mask_builder
+from .registry import parameter_shapes, register_mask_builder, register_mask_check
 from .spec import MaskSpec
 
 _KEY = r"attention\.self\.key"
@@ -62,10 +62,8 @@ def preset_exclusions(preset: str, names: list[str]) -> tuple[str, ...]:
     return tuple(presets[preset]())
 
 
-@register_mask_builder("layers")
-def build_layers_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> Mask:
-    shapes = parameter_shapes(model)
-    names = list(shapes)
+def kept_parameters(names: list[str], spec: MaskSpec) -> set[str]:
+    """Names of the parameters a ``layers`` mask keeps whole (the head included)."""
     exclude = spec.exclude + (
         preset_exclusions(spec.layers_preset, names) if spec.layers_preset else ()
     )
@@ -81,6 +79,19 @@ def build_layers_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | No
         regex = compile_patterns((pattern,))
         if regex is not None and not any(regex.search(n) for n in names):
             raise ValueError(f"layers pattern {pattern!r} matches no parameter of the model")
-    keep.update(head_names(shapes, spec.head_patterns))
+    head = compile_patterns(spec.head_patterns)
+    keep.update(n for n in names if head is not None and head.search(n))
+    return keep
+
+
+@register_mask_check("layers")
+def check_layers_spec(names: list[str], spec: MaskSpec) -> None:
+    kept_parameters(names, spec)
+
+
+@register_mask_builder("layers")
+def build_layers_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> Mask:
+    shapes = parameter_shapes(model)
+    keep = kept_parameters(list(shapes), spec)
     full = Mask.full(shapes)
     return Mask({n: full.indices[n] for n in keep}, shapes)

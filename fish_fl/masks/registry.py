@@ -19,7 +19,11 @@ from .spec import MaskSpec
 
 __all__ = [
     "MaskBuilder",
+    "MaskCheck",
     "MaskScorer",
+    "check_mask_spec",
+    "has_mask_check",
+    "register_mask_check",
     "available_scorers",
     "register_mask_scorer",
     "score_parameters",
@@ -35,8 +39,11 @@ logger = logging.getLogger(__name__)
 
 MaskBuilder = Callable[[nn.Module, MaskSpec, Iterable[Any] | None], Mask]
 MaskScorer = Callable[[nn.Module, MaskSpec, Iterable[Any] | None], dict[str, Tensor]]
+#: ``(parameter names, spec) -> None``, raising ValueError on a spec the model cannot take.
+MaskCheck = Callable[[list[str], MaskSpec], None]
 _BUILDERS: dict[str, MaskBuilder] = {}
 _SCORERS: dict[str, MaskScorer] = {}
+_CHECKS: dict[str, MaskCheck] = {}
 
 
 def register_mask_builder(name: str) -> Callable[[MaskBuilder], MaskBuilder]:
@@ -49,6 +56,33 @@ def register_mask_builder(name: str) -> Callable[[MaskBuilder], MaskBuilder]:
         return fn
 
     return decorate
+
+
+def register_mask_check(name: str) -> Callable[[MaskCheck], MaskCheck]:
+    """Decorator adding the check of builder ``name`` that needs only parameter names.
+
+    Pre-flight runs it on the model's names before any weights or data are
+    loaded, so a spec the model cannot take fails before the run starts.
+    """
+
+    def decorate(fn: MaskCheck) -> MaskCheck:
+        if name in _CHECKS:
+            raise ValueError(f"mask check {name!r} is already registered")
+        _CHECKS[name] = fn
+        return fn
+
+    return decorate
+
+
+def has_mask_check(method: str) -> bool:
+    return method in _CHECKS
+
+
+def check_mask_spec(names: list[str], spec: MaskSpec) -> None:
+    """Run the registered check of ``spec.method`` (if any) on a model's parameter names."""
+    check = _CHECKS.get(spec.method)
+    if check is not None:
+        check(names, spec)
 
 
 def register_mask_scorer(name: str) -> Callable[[MaskScorer], MaskScorer]:

@@ -82,6 +82,7 @@ def run_command(
     ] = None,
 ) -> None:
     """Run a Flower simulation (Ray backend) of a preset; print a per-round table."""
+    from fish_fl.preflight import preflight
     from strategies.server_app import default_run_dir
 
     from ..simulate import simulate
@@ -94,6 +95,7 @@ def run_command(
         run_dir = out or default_run_dir(config, Path(preset).stem)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ValueError(f"run folder {run_dir} exists and is not empty; choose another --out")
+    preflight(config)  # before anything is printed, written or started
     if not verbose:
         for name in ("flwr", "ray"):
             logging.getLogger(name).setLevel(logging.WARNING)
