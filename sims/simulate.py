@@ -24,6 +24,10 @@ def simulate(
     ``resume``, the run in ``run_dir`` continues after its last checkpoint.
 
     Pre-flight (:func:`fish_fl.preflight.preflight`) runs first, before Ray.
+    If the simulation backend fails while the ServerApp still runs, the
+    ServerApp is stopped at its next exchange with the nodes and this raises
+    ``RuntimeError`` naming the backend's error, instead of leaving the
+    ServerApp to wait out ``round-timeout``.
     """
     import json
 
@@ -31,6 +35,7 @@ def simulate(
 
     from clients.client_app import app as client_app
     from fish_fl.preflight import preflight
+    from strategies.abort import AbortSignal
     from strategies.server_app import FAILURE, make_server_app
 
     preflight(config)
@@ -43,14 +48,26 @@ def simulate(
         },
         "init_args": {"include_dashboard": False, "log_to_driver": verbose},
     }
-    run_simulation(
-        server_app=make_server_app(config, run_dir, resume=resume),
-        client_app=client_app,
-        num_supernodes=config.num_clients,
-        backend_name="ray",
-        backend_config=backend_config,  # type: ignore[arg-type]
-        verbose_logging=verbose,
-    )
+    abort = AbortSignal()
+    try:
+        run_simulation(
+            server_app=make_server_app(config, run_dir, resume=resume, abort=abort),
+            client_app=client_app,
+            num_supernodes=config.num_clients,
+            backend_name="ray",
+            backend_config=backend_config,  # type: ignore[arg-type]
+            verbose_logging=verbose,
+        )
+    except Exception as e:
+        # Flower re-raises the ServerApp's own error once the ServerApp has
+        # returned; an error before that came from the backend.
+        if abort.server_done():
+            raise
+        reason = f"the simulation backend failed: {_root_cause(e)}"
+        logger.error("%s; stopping the ServerApp", reason)
+        abort.abort(reason)
+        abort.wait_for_server()
+        raise RuntimeError(reason) from e
     summary_path = run_dir / "summary.json"
     failure = run_dir / FAILURE
     if not summary_path.is_file() and failure.is_file():
@@ -58,3 +75,11 @@ def simulate(
     if not summary_path.is_file():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir}")
     return dict(json.loads(summary_path.read_text()))
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error of a chain (Flower wraps the backend's twice), as one line."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -28,6 +28,7 @@ from fish_fl.models import resolve_device
 from fish_fl.runlog import RunRecorder
 from fish_fl.task import build_base_model, build_task_model, evaluate_model, load_task_data
 
+from .abort import AbortableGrid, AbortSignal
 from .fish_strategy import FishMaskStrategy, RunFailed
 from .state import CHECKPOINT
 
@@ -149,25 +150,38 @@ def _run_server(grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool) -
 
 
 def make_server_app(
-    config: RunConfig | None = None, run_dir: Path | None = None, *, resume: bool = False
+    config: RunConfig | None = None,
+    run_dir: Path | None = None,
+    *,
+    resume: bool = False,
+    abort: AbortSignal | None = None,
 ) -> ServerApp:
     """A ServerApp bound to ``config`` (else read from Flower's run_config).
 
     A config read from the run_config goes through pre-flight first (a bound
-    one was checked by its caller).
+    one was checked by its caller). With ``abort``, the ServerApp stops with
+    :class:`RunFailed` as soon as the signal is set (see :mod:`strategies.abort`).
     """
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        if config is None:
-            from fish_fl.preflight import preflight
+        if abort is not None:
+            grid = AbortableGrid(grid, abort)
+        try:
+            if abort is not None:
+                abort.server_started()
+            if config is None:
+                from fish_fl.preflight import preflight
 
-            cfg = RunConfig.from_mapping(dict(context.run_config))
-            preflight(cfg, simulation=False)
-        else:
-            cfg = config
-        run_server(grid, cfg, run_dir or default_run_dir(cfg), resume=resume)
+                cfg = RunConfig.from_mapping(dict(context.run_config))
+                preflight(cfg, simulation=False)
+            else:
+                cfg = config
+            run_server(grid, cfg, run_dir or default_run_dir(cfg), resume=resume)
+        finally:
+            if abort is not None:
+                abort.server_finished()
 
     return server
 
