@@ -17,6 +17,7 @@ from .registry import (
     register_mask_scorer,
     score_parameters,
     topk_mask,
+    what_it_trains,
 )
 from .spec import DEFAULT_HEAD_PATTERNS, MaskSpec
 
@@ -38,4 +39,5 @@ __all__ = [
     "parameter_shapes",
     "register_mask_builder",
     "topk_mask",
+    "what_it_trains",
 ]

@@ -59,6 +59,13 @@ class SparseMethod:
 
     #: Run keys besides model, task, width and seed that change the model a node builds.
     model_keys: tuple[str, ...] = ()
+    #: Extra columns of the terminal's round table: (title, width).
+    log_columns: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def log_cells(cls, row: dict[str, Any]) -> list[str]:
+        """The round row's cells of :attr:`log_columns` (from the row's method entry)."""
+        return []
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config

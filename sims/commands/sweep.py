@@ -43,6 +43,7 @@ from typing import Annotated, Any
 import typer
 
 from fish_fl.config import RunConfig, parse_override
+from fish_fl.methods import trains
 from fish_fl.plots import RunFolderError, RunRecord, load_run
 
 from .run import preset_path
@@ -730,14 +731,13 @@ def format_summary(
         "|" + "|".join("---" if i < 5 else "---:" for i in range(len(head))) + "|",
     ]
     for s in summaries:
+        kind = trains(s.method)
         density = (
-            "100%"
-            if s.method == "dense"
-            else ("n/a" if s.density is None else f"{100 * s.density:.3g}%")
+            "100%" if kind == "all" else ("n/a" if s.density is None else f"{100 * s.density:.3g}%")
         )
-        if s.method in ("bitfit", "layers"):
+        if kind == "tensors":
             density = "(whole tensors)"
-        elif s.method == "supermask":
+        elif kind == "learned":
             density = "(learned mask)"
         row = [
             s.label,
