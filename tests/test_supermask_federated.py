@@ -382,13 +382,16 @@ def test_run_folder_report_and_delta(shared_data: Path, tmp_path: Path) -> None:
     assert 0 < changed <= dropped
     # The sweep summary reads the same figures back.
     from fish_fl.plots import load_run
-    from sims.commands.sweep import supermask_stats
+    from sims.commands.sweep import summarise_label
 
-    stats = supermask_stats(load_run(run_dir), run_dir)
+    record = load_run(run_dir)
+    stats = SupermaskMethod.report_stats(record.rows, run_dir)
     assert stats["sm_sparsity_pct"] == pytest.approx(100 * report["sparsity_threshold"])
     assert stats["sm_sampled"] == pytest.approx(report["sampled_mean"])
     assert stats["sm_bits_up"] == pytest.approx(rows[-1]["supermask"]["bits_per_weight_up"])
-    assert supermask_stats(load_run(run_dir), None).keys() == {"sm_bits_up"}
+    assert SupermaskMethod.report_stats(record.rows, None).keys() == {"sm_bits_up"}
+    summary = summarise_label("sm", [(0, record, run_dir)], columns=("method",))
+    assert set(summary.extra) == set(stats)
 
 
 @pytest.mark.slow

@@ -123,10 +123,40 @@ class SupermaskMethod(SparseMethod):
     # The share of masked weights the most likely mask drops.
     log_columns = (("dropped", 8),)
 
+    report_columns = (
+        ("sm_sparsity_pct", "mask sparsity %", ".2f"),
+        ("sm_sampled", "sampled masks", ".4f"),
+        ("sm_bits_up", "bits up per masked weight", ".4g"),
+    )
+    report_note = (
+        "Supermask runs: mask sparsity = masked weights dropped by the final most likely "
+        "mask; sampled masks = the metric with masks sampled from the final scores (mean "
+        "over the samples, then over seeds); bits up per masked weight = the bytes of a "
+        "reply in the last round, as serialised, x 8 / masked weights."
+    )
+
     @classmethod
     def log_cells(cls, row: dict[str, Any]) -> list[str]:
         dropped = (row.get("supermask") or {}).get("sparsity_threshold")
         return ["-" if dropped is None else f"{100 * dropped:.2f}%"]
+
+    @classmethod
+    def report_stats(cls, rows: list[dict[str, Any]], run_dir: Path | None) -> dict[str, float]:
+        """The final mask: sparsity, sampled-mask score, uplink bits per weight.
+
+        From ``supermask.json`` (written after the last round) and the last
+        round's ``supermask`` entry in ``metrics.jsonl``.
+        """
+        out: dict[str, float] = {}
+        if run_dir is not None and (run_dir / "supermask.json").is_file():
+            report = json.loads((run_dir / "supermask.json").read_text(encoding="utf-8"))
+            out["sm_sparsity_pct"] = 100.0 * float(report["sparsity_threshold"])
+            if report.get("sampled_metrics"):
+                out["sm_sampled"] = float(report["sampled_mean"])
+        logged = [r for r in rows if isinstance(r.get("supermask"), dict) and r["round"] > 0]
+        if logged:
+            out["sm_bits_up"] = float(logged[-1]["supermask"]["bits_per_weight_up"])
+        return out
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
