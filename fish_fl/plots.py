@@ -100,8 +100,10 @@ class RunRecord:
     @property
     def label(self) -> str:
         """Legend label: run name, method and density."""
-        # Dense, BitFit, layer masks and supermasks do not follow the density key.
-        if self.method in ("dense", "bitfit", "layers", "supermask") or self.density is None:
+        from .methods import trains
+
+        # Only a mask that keeps a share of the entries follows the density key.
+        if trains(self.method) != "share" or self.density is None:
             return f"{self.name} ({self.method})"
         return f"{self.name} ({self.method}, {_percent(self.density)})"
 

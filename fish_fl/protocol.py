@@ -12,18 +12,16 @@ Keys are kebab-case. A server-to-node message holds two records:
     ``base-patch``  float32, the final values of the node's previous mask: the
                     node's old base with these values written in is the new base
 
-With a supermask whose scores go down as masks (``supermask-downlink=masks``),
-``values`` holds the head's values only and ``score-masks`` (uint8, one packed
-mask per row) with ``score-weights`` (float64) the last aggregation's sampled
-masks, from which the node rebuilds the scores (absent before the first one).
+A method with a wire of its own (:mod:`fish_fl.methods`) may add keys to
+both records; it defines them in its folder (e.g. the supermask's sampled
+masks in :mod:`fish_fl.supermask.method`).
 ``"config"`` (ConfigRecord)
     see the ``CFG_*`` constants.
 
 A node's reply holds ``"arrays"`` (``update``: the ``k``-vector of trained
 minus received values in the run's wire dtype, ``buffers``, or for a Fisher
-query ``scores``: float16 Fisher scores of every parameter, flat; with supermasks
-sent as sampled masks, ``update`` holds the head's update only and
-``sampled-mask`` the packed uint8 mask, 1 bit per masked weight) and
+query ``scores``: float16 Fisher scores of every parameter, flat; a method's
+own keys besides) and
 ``"metrics"`` (``num-examples``, ``mask-version``, ``train-loss``).
 """
 
@@ -52,9 +50,6 @@ BASE = "base"
 BASE_PATCH = "base-patch"
 UPDATE = "update"
 SCORES = "scores"
-SAMPLED_MASK = "sampled-mask"  # supermask uplink: a sampled binary mask, 1 bit per weight
-SCORE_MASKS = "score-masks"  # supermask downlink: the last round's packed masks, one row each
-SCORE_WEIGHTS = "score-weights"  # supermask downlink: their weights (float64)
 
 # -- config --------------------------------------------------------------------
 CFG_ROUND = "server-round"
@@ -69,7 +64,6 @@ CFG_LR = "lr"
 CFG_SEED = "seed"  # seed of this round's data order (nodes mix in their partition id)
 CFG_ACTION = "action"  # query messages: "fisher"
 CFG_RUN_KEY = "run-key"  # names the run; nodes keep their optimiser state on disk under it
-CFG_SCORES_FINGERPRINT = "scores-fingerprint"  # supermask mask downlink: the scores to rebuild
 
 # -- metrics -------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"

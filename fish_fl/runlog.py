@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from .config import RunConfig
 from .masks import Mask
+from .methods import method_class
 
 __all__ = ["RunRecorder", "format_bytes"]
 
@@ -91,10 +92,9 @@ class RunRecorder:
         if not resume:
             self.metrics_path.write_text("")
         self._header_printed = False
-        # Supermask runs also show the share of masked weights the most likely mask drops.
-        self.columns = self.COLUMNS + (
-            (("dropped", 8),) if config.mask_method == "supermask" else ()
-        )
+        # A method may add columns of its own (see SparseMethod.log_columns).
+        self.method = method_class(config.mask_method)
+        self.columns = self.COLUMNS + self.method.log_columns
 
     def restore(self, rnd: int, mask: Mask | None, mask_version: int) -> None:
         """Continue a run folder after round ``rnd``: drop anything logged later.
@@ -164,10 +164,7 @@ class RunRecorder:
             f"{row.get('cum_fme', 0.0):.3f}",
             f"{row.get('wall_time', 0.0):.0f}s",
         ]
-        if len(self.columns) > len(self.COLUMNS):
-            sm = row.get("supermask") or {}
-            dropped = sm.get("sparsity_threshold")
-            cells.append("-" if dropped is None else f"{100 * dropped:.2f}%")
+        cells += self.method.log_cells(row)
         print(
             " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, self.columns, strict=True)),
             file=self.stream,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,7 @@ def test_bad_choice(key: str, value: str) -> None:
         ),
         (
             {"mask-assignment": "disjoint", "mask-method": "bitfit"},
-            "mask-assignment=disjoint needs a scored mask (fish, random, magnitude), "
+            "mask-assignment=disjoint needs a scored mask (fish, magnitude, random), "
             "got mask-method='bitfit'",
         ),
         (
@@ -277,3 +278,110 @@ def test_from_toml_errors(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=expected) as err:
             RunConfig.from_toml(bad)
         assert "\n" not in str(err.value)
+
+
+# -- the composed configuration -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"head-patterns": "["}, "head-patterns: '[' is not a valid regular expression"),
+        ({"supermask-maskable": "encoder("}, "supermask-maskable: 'encoder(' is not a valid"),
+        ({"seed": 99999999999999}, "seed=99999999999999 must be <= 4294967295"),
+        ({"layers-preset": "bogus"}, "layers-preset='bogus' is not allowed"),
+        ({"task": "agnews"}, "task='agnews' is not known; choose cifar10 or a GLUE task"),
+    ],
+)
+def test_values_that_used_to_fail_late_fail_at_once(values: dict[str, Any], expected: str) -> None:
+    message = _error(values)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_the_largest_seed_still_fits_the_wire() -> None:
+    """Node seeds are derived as seed x 1,000,003 + round x 1,009 and sent as int64."""
+    config = RunConfig(seed=2**32 - 1)
+    assert config.seed * 1_000_003 + 10**6 * 1009 < 2**63
+
+
+def test_sections_partition_the_keys() -> None:
+    """Every key belongs to exactly one section; a section's values come back as that section."""
+    from fish_fl.config import SECTIONS, TaskKeys
+
+    names = [f.name for s in SECTIONS for f in dataclasses.fields(s)]
+    assert len(names) == len(set(names))
+    assert sorted(names) == sorted(f.name for f in dataclasses.fields(RunConfig))
+    config = RunConfig(task="cola", max_length=64)
+    task = config.section(TaskKeys)
+    assert isinstance(task, TaskKeys)
+    assert (task.task, task.max_length, task.model) == ("cola", 64, "minilm")
+    for f in dataclasses.fields(RunConfig):
+        assert f.metadata["help"], f.name
+        assert set(f.metadata["shapes"]) <= {"data", "model"}, f.name
+
+
+def test_method_keys_live_with_their_method() -> None:
+    """A method's own keys are defined in its folder and reach RunConfig through one class."""
+    from fish_fl.methods.keys import MethodKeys
+
+    for f in dataclasses.fields(MethodKeys):
+        owner = next(c for c in MethodKeys.__mro__ if f.name in getattr(c, "__annotations__", {}))
+        method = owner.__module__.split(".")[1]
+        assert f.name.startswith(method + "_"), (f.name, owner.__module__)
+
+
+def test_flower_app_config_holds_every_key(project_root: Path) -> None:
+    """[tool.flwr.app.config] lists exactly the RunConfig keys (so `flwr run` can set each)."""
+    import tomllib
+
+    app = tomllib.loads((project_root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert sorted(app["config"]) == sorted(RunConfig.keys())
+
+
+_SHAPED = {
+    "task": "cola",
+    "model": "resnet18-cifar",
+    "width": 32,
+    "data-source": "hub",
+    "data-dir": "elsewhere",
+    "max-length": 64,
+    "train-examples": 100,
+    "eval-examples": 50,
+    "seed": 7,
+    "augment": False,
+    "num-clients": 3,
+    "partition": "dirichlet",
+    "dirichlet-alpha": 0.1,
+    "batch-size": 16,
+    "eval-batch-size": 64,
+    "mask-source": "clients",
+    "fisher-samples": 32,
+    "mask-method": "random",
+}
+
+
+@pytest.mark.parametrize("kind", ["data", "model"])
+def test_cache_keys_follow_exactly_the_keys_that_shape(kind: str) -> None:
+    """Changing a key that shapes the data (model) changes its cache key; other keys do not."""
+    from fish_fl.config import keys_that_shape
+
+    base = RunConfig()
+    shaping = keys_that_shape(kind)
+    assert set(shaping) <= set(_SHAPED), "give every shaping key a changed value here"
+    # Written out by hand: dropping a key's ``shapes`` would let a cache go stale.
+    expected = {
+        "data": set(_SHAPED) - {"width", "mask-method"},
+        "model": {"task", "model", "width", "seed", "mask-method"},
+    }[kind]
+    assert set(shaping) == expected
+    for key in shaping:
+        changed = RunConfig.from_mapping({key: _SHAPED[key]}, base=base)
+        assert changed.shape_key(kind) != base.shape_key(kind), key
+    for key, value in {"rounds": 3, "lr": 0.01, "local-steps": 5, "out-dir": "x"}.items():
+        assert key not in shaping
+        changed = RunConfig.from_mapping({key: value}, base=base)
+        assert changed.shape_key(kind) == base.shape_key(kind), key
+    # A method's extra keys are part of the hash too.
+    lr = RunConfig.from_mapping({"lr": 0.01}, base=base)
+    assert lr.shape_key(kind, extra=("lr",)) != base.shape_key(kind, extra=("lr",))

@@ -180,3 +180,63 @@ def test_core_does_not_import_flwr_when_imported() -> None:
     assert not result["flwr"], (
         f"importing fish_fl loads Flower: {'; '.join(result['culprit']) or 'unknown importer'}"
     )
+
+
+# -- methods as plugins ---------------------------------------------------------
+
+#: Where a method's name may appear in code: its folder and the registry.
+_REGISTRY = ("fish_fl/methods",)
+
+
+def _code_words(path: Path) -> set[str]:
+    """Identifiers and string constants of ``path``'s code (docstrings and bare strings left out)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    prose = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+    words: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.add(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            words.add(node.name)
+        elif isinstance(node, ast.alias):
+            words.add(node.name)
+            words.add(node.asname or "")
+        elif isinstance(node, ast.ImportFrom):
+            words.add(node.module or "")
+        elif (
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose
+        ):
+            words.add(node.value)
+    return words
+
+
+def test_method_names_stay_in_their_folders(tmp_path: Path) -> None:
+    """No code outside a method's folder and the registry names a method with a wire of its own."""
+    from fish_fl.methods import registered_methods
+
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""About supermask."""\nx = 1\n\ndef f():\n    return "Supermask-uplink"\n')
+    assert any("supermask" in w.lower() for w in _code_words(sample))
+    sample.write_text('"""About supermask."""\n# supermask\nx = 1\n')
+    assert not any("supermask" in w.lower() for w in _code_words(sample))
+
+    methods = registered_methods()
+    assert methods, "no method registers a wire of its own"
+    found = []
+    for name, cls in methods.items():
+        folder = cls.__module__.split(".")[:2]  # fish_fl.<folder>
+        allowed = (*_REGISTRY, "/".join(folder))
+        for package in ("fish_fl", "strategies", "clients", "sims"):
+            for path in _files(package):
+                rel = path.relative_to(PROJECT_ROOT).as_posix()
+                if rel.startswith(allowed):
+                    continue
+                if any(name in w.lower() for w in _code_words(path)):
+                    found.append(f"{rel} names {name!r}")
+    assert not found, found

@@ -27,7 +27,12 @@ from fish_fl.supermask import (
     pack_mask,
     unpack_mask,
 )
-from fish_fl.supermask.method import SupermaskMethod, supermask_config
+from fish_fl.supermask.method import (
+    CFG_SCORES_FINGERPRINT,
+    SAMPLED_MASK,
+    SupermaskMethod,
+    supermask_config,
+)
 from fish_fl.supermask.method import masks_down as _masks_down
 from fish_fl.task import build_base_model
 from strategies.server_app import run_server
@@ -187,15 +192,15 @@ def test_sampled_masks_round_by_hand(shared_data: Path, tmp_path: Path) -> None:
     # Every reply carries the head's update and a mask of exactly ceil(n / 8) bytes.
     for reply in replies.values():
         arrays = reply.content.array_records[P.ARRAYS]
-        assert set(arrays.keys()) >= {P.UPDATE, P.SAMPLED_MASK}
-        assert arrays[P.SAMPLED_MASK].numpy().size == math.ceil(layout.num_scores / 8)
+        assert set(arrays.keys()) >= {P.UPDATE, SAMPLED_MASK}
+        assert arrays[SAMPLED_MASK].numpy().size == math.ceil(layout.num_scores / 8)
         assert arrays[P.UPDATE].numpy().size == layout.num_head
 
     # Round 2 by hand: scores from the example-weighted mean of the two masks,
     # head moved by the example-weighted mean of the head updates.
     r2 = [replies[(2, node)] for node in (1000, 1001)]
     masks = [
-        unpack_mask(r.content.array_records[P.ARRAYS][P.SAMPLED_MASK].numpy(), layout.num_scores)
+        unpack_mask(r.content.array_records[P.ARRAYS][SAMPLED_MASK].numpy(), layout.num_scores)
         for r in r2
     ]
     w = [float(r.content.metric_records[P.METRICS][P.NUM_EXAMPLES]) for r in r2]  # type: ignore[arg-type]
@@ -289,7 +294,7 @@ def test_node_refuses_scores_it_cannot_rebuild(
         if (
             "extra/score-masks" in strategy.state.extra
         ):  # from round 2: other scores than the masks give
-            out[P.CFG_SCORES_FINGERPRINT] = "0" * 16
+            out[CFG_SCORES_FINGERPRINT] = "0" * 16
         return out
 
     strategy.method.value_config = wrong  # type: ignore[method-assign]
@@ -304,18 +309,18 @@ def _bad_mask(kind: str):
         if node != 1001:
             return None
         arrays = reply.content.array_records[P.ARRAYS]
-        packed = arrays[P.SAMPLED_MASK].numpy().copy()
+        packed = arrays[SAMPLED_MASK].numpy().copy()
         if kind == "short":
-            arrays[P.SAMPLED_MASK] = Array(packed[:-1].copy())
+            arrays[SAMPLED_MASK] = Array(packed[:-1].copy())
         elif kind == "padding":
             packed[-1] = 0xFF
-            arrays[P.SAMPLED_MASK] = Array(packed)
+            arrays[SAMPLED_MASK] = Array(packed)
         elif kind == "dtype":
-            arrays[P.SAMPLED_MASK] = Array(packed.astype(np.int32))
+            arrays[SAMPLED_MASK] = Array(packed.astype(np.int32))
         elif kind == "missing":
-            del arrays[P.SAMPLED_MASK]
+            del arrays[SAMPLED_MASK]
         elif kind == "2d":  # the right bytes in the wrong shape
-            arrays[P.SAMPLED_MASK] = Array(packed.reshape(1, -1).copy())
+            arrays[SAMPLED_MASK] = Array(packed.reshape(1, -1).copy())
         return reply
 
     return tamper
@@ -377,13 +382,16 @@ def test_run_folder_report_and_delta(shared_data: Path, tmp_path: Path) -> None:
     assert 0 < changed <= dropped
     # The sweep summary reads the same figures back.
     from fish_fl.plots import load_run
-    from sims.commands.sweep import supermask_stats
+    from sims.commands.sweep import summarise_label
 
-    stats = supermask_stats(load_run(run_dir), run_dir)
+    record = load_run(run_dir)
+    stats = SupermaskMethod.report_stats(record.rows, run_dir)
     assert stats["sm_sparsity_pct"] == pytest.approx(100 * report["sparsity_threshold"])
     assert stats["sm_sampled"] == pytest.approx(report["sampled_mean"])
     assert stats["sm_bits_up"] == pytest.approx(rows[-1]["supermask"]["bits_per_weight_up"])
-    assert supermask_stats(load_run(run_dir), None).keys() == {"sm_bits_up"}
+    assert SupermaskMethod.report_stats(record.rows, None).keys() == {"sm_bits_up"}
+    summary = summarise_label("sm", [(0, record, run_dir)], columns=("method",))
+    assert set(summary.extra) == set(stats)
 
 
 @pytest.mark.slow

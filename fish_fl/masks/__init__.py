@@ -21,6 +21,7 @@ from .registry import (
     register_mask_scorer,
     score_parameters,
     topk_mask,
+    what_it_trains,
 )
 from .spec import DEFAULT_HEAD_PATTERNS, MaskSpec
 
@@ -46,4 +47,5 @@ __all__ = [
     "register_mask_builder",
     "register_mask_check",
     "topk_mask",
+    "what_it_trains",
 ]

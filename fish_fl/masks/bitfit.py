@@ -12,7 +12,7 @@ from .registry import head_names, parameter_shapes, register_mask_builder
 from .spec import MaskSpec
 
 
-@register_mask_builder("bitfit")
+@register_mask_builder("bitfit", trains="tensors")
 def build_bitfit_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> Mask:
     shapes = parameter_shapes(model)
     keep = set(head_names(shapes, spec.head_patterns))

@@ -12,6 +12,6 @@ from .registry import parameter_shapes, register_mask_builder
 from .spec import MaskSpec
 
 
-@register_mask_builder("dense")
+@register_mask_builder("dense", trains="all")
 def build_dense_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> Mask:
     return Mask.full(parameter_shapes(model))

@@ -48,6 +48,10 @@ def deepest_blocks(names: Iterable[str], count: int) -> list[str]:
     return [found[i] for i in sorted(found)[-count:]]
 
 
+#: Named exclusion sets of the ``layers`` builder (the Table 3 ablations, see the module docstring).
+LAYERS_PRESETS: tuple[str, ...] = ("no-all-three", "no-deepest-2", "no-key", "no-word-embeddings")
+
+
 def preset_exclusions(preset: str, names: list[str]) -> tuple[str, ...]:
     presets = {
         "no-key": lambda: [_KEY],
@@ -89,7 +93,7 @@ def check_layers_spec(names: list[str], spec: MaskSpec) -> None:
     kept_parameters(names, spec)
 
 
-@register_mask_builder("layers")
+@register_mask_builder("layers", trains="tensors")
 def build_layers_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> Mask:
     shapes = parameter_shapes(model)
     keep = kept_parameters(list(shapes), spec)

@@ -27,7 +27,9 @@ __all__ = [
     "available_scorers",
     "register_mask_scorer",
     "score_parameters",
+    "TRAINS",
     "available_builders",
+    "what_it_trains",
     "build_mask",
     "head_names",
     "parameter_shapes",
@@ -44,15 +46,26 @@ MaskCheck = Callable[[list[str], MaskSpec], None]
 _BUILDERS: dict[str, MaskBuilder] = {}
 _SCORERS: dict[str, MaskScorer] = {}
 _CHECKS: dict[str, MaskCheck] = {}
+_TRAINS: dict[str, str] = {}
+
+#: What a builder's mask trains: a ``share`` of the entries set by the density,
+#: whole ``tensors`` (the density is ignored), ``all`` entries, or a ``learned``
+#: mask over frozen weights. Reports and plots describe a run by it.
+TRAINS: tuple[str, ...] = ("share", "tensors", "all", "learned")
 
 
-def register_mask_builder(name: str) -> Callable[[MaskBuilder], MaskBuilder]:
-    """Decorator adding a builder to the registry under ``name``."""
+def register_mask_builder(
+    name: str, *, trains: str = "share"
+) -> Callable[[MaskBuilder], MaskBuilder]:
+    """Decorator adding a builder to the registry under ``name`` (``trains``: see :data:`TRAINS`)."""
+    if trains not in TRAINS:
+        raise ValueError(f"trains={trains!r}; expected one of {', '.join(TRAINS)}")
 
     def decorate(fn: MaskBuilder) -> MaskBuilder:
         if name in _BUILDERS:
             raise ValueError(f"mask builder {name!r} is already registered")
         _BUILDERS[name] = fn
+        _TRAINS[name] = trains
         return fn
 
     return decorate
@@ -113,6 +126,11 @@ def available_builders() -> list[str]:
 
 def available_scorers() -> list[str]:
     return sorted(_SCORERS)
+
+
+def what_it_trains(name: str) -> str:
+    """What the builder ``name`` trains (:data:`TRAINS`); ``share`` for a name not registered."""
+    return _TRAINS.get(name, "share")
 
 
 def score_parameters(

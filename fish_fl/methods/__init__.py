@@ -26,6 +26,7 @@ __all__ = [
     "method_for",
     "register_method",
     "registered_methods",
+    "trains",
 ]
 
 M = TypeVar("M", bound=type[SparseMethod])
@@ -59,6 +60,18 @@ def method_class(name: str) -> type[SparseMethod]:
 def method_for(config: RunConfig) -> SparseMethod:
     """The run's method, bound to its configuration."""
     return method_class(config.mask_method)(config)
+
+
+def trains(name: str) -> str:
+    """What the method ``name`` trains: ``share``, ``tensors``, ``all`` or ``learned``.
+
+    See :data:`fish_fl.masks.registry.TRAINS`; reports describe a run's
+    density by it.
+    """
+    _load()
+    from ..masks import what_it_trains
+
+    return what_it_trains(name)
 
 
 def _load() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +60,23 @@ class SparseMethod:
 
     #: Run keys besides model, task, width and seed that change the model a node builds.
     model_keys: tuple[str, ...] = ()
+    #: Extra columns of the terminal's round table: (title, width).
+    log_columns: tuple[tuple[str, int], ...] = ()
+
+    #: Extra columns of a sweep's summary: (key, title, format) of :meth:`report_stats`.
+    report_columns: tuple[tuple[str, str, str], ...] = ()
+    #: A sentence under a sweep's summary explaining :attr:`report_columns`.
+    report_note: str = ""
+
+    @classmethod
+    def log_cells(cls, row: dict[str, Any]) -> list[str]:
+        """The round row's cells of :attr:`log_columns` (from the row's method entry)."""
+        return []
+
+    @classmethod
+    def report_stats(cls, rows: list[dict[str, Any]], run_dir: Path | None) -> dict[str, float]:
+        """A finished run's figures for :attr:`report_columns` (its log rows, its folder)."""
+        return {}
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config

@@ -22,7 +22,7 @@ from .layer import SupermaskModel
 __all__ = ["build_supermask_mask"]
 
 
-@register_mask_builder("supermask")
+@register_mask_builder("supermask", trains="learned")
 def build_supermask_mask(model: nn.Module, spec: MaskSpec, data: Iterable[Any] | None) -> Mask:
     """Every score and every head entry of a :class:`SupermaskModel`.
 

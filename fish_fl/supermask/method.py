@@ -49,7 +49,25 @@ if TYPE_CHECKING:
     from ..federation.state import ServerState
     from ..federation.sync import Sent
 
-__all__ = ["SupermaskMethod", "VISION_MASKABLE"]
+__all__ = [
+    "CFG_SCORES_FINGERPRINT",
+    "SAMPLED_MASK",
+    "SCORE_MASKS",
+    "SCORE_WEIGHTS",
+    "SupermaskMethod",
+    "VISION_MASKABLE",
+]
+
+# The method's own message keys (besides those in fish_fl.protocol).
+#: Uplink: a sampled binary mask, 1 bit per masked weight (with ``update``: the head's).
+SAMPLED_MASK = "sampled-mask"
+#: Downlink with ``supermask-downlink=masks``: the last aggregation's packed masks,
+#: one row each (``values`` then holds the head's values only) ...
+SCORE_MASKS = "score-masks"
+#: ... and their weights (float64); the node rebuilds the scores from both.
+SCORE_WEIGHTS = "score-weights"
+#: Config: a fingerprint of the scores the node must rebuild (checked by the node).
+CFG_SCORES_FINGERPRINT = "scores-fingerprint"
 
 #: Default supermask patterns of a CIFAR ResNet: the stem and every block's convolutions.
 VISION_MASKABLE: tuple[str, ...] = ("conv1", r"layer\d+")
@@ -102,6 +120,43 @@ class SupermaskMethod(SparseMethod):
         "lr",
         "weight-decay",
     )
+    # The share of masked weights the most likely mask drops.
+    log_columns = (("dropped", 8),)
+
+    report_columns = (
+        ("sm_sparsity_pct", "mask sparsity %", ".2f"),
+        ("sm_sampled", "sampled masks", ".4f"),
+        ("sm_bits_up", "bits up per masked weight", ".4g"),
+    )
+    report_note = (
+        "Supermask runs: mask sparsity = masked weights dropped by the final most likely "
+        "mask; sampled masks = the metric with masks sampled from the final scores (mean "
+        "over the samples, then over seeds); bits up per masked weight = the bytes of a "
+        "reply in the last round, as serialised, x 8 / masked weights."
+    )
+
+    @classmethod
+    def log_cells(cls, row: dict[str, Any]) -> list[str]:
+        dropped = (row.get("supermask") or {}).get("sparsity_threshold")
+        return ["-" if dropped is None else f"{100 * dropped:.2f}%"]
+
+    @classmethod
+    def report_stats(cls, rows: list[dict[str, Any]], run_dir: Path | None) -> dict[str, float]:
+        """The final mask: sparsity, sampled-mask score, uplink bits per weight.
+
+        From ``supermask.json`` (written after the last round) and the last
+        round's ``supermask`` entry in ``metrics.jsonl``.
+        """
+        out: dict[str, float] = {}
+        if run_dir is not None and (run_dir / "supermask.json").is_file():
+            report = json.loads((run_dir / "supermask.json").read_text(encoding="utf-8"))
+            out["sm_sparsity_pct"] = 100.0 * float(report["sparsity_threshold"])
+            if report.get("sampled_metrics"):
+                out["sm_sampled"] = float(report["sampled_mean"])
+        logged = [r for r in rows if isinstance(r.get("supermask"), dict) and r["round"] > 0]
+        if logged:
+            out["sm_bits_up"] = float(logged[-1]["supermask"]["bits_per_weight_up"])
+        return out
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
@@ -170,21 +225,21 @@ class SupermaskMethod(SparseMethod):
         layout = self.layout(state)
         arrays = {P.VALUES: layout.head(values).numpy()}
         if _MASKS in state.extra:
-            arrays[P.SCORE_MASKS] = state.extra[_MASKS].numpy()
-            arrays[P.SCORE_WEIGHTS] = state.extra[_WEIGHTS].numpy()
+            arrays[SCORE_MASKS] = state.extra[_MASKS].numpy()
+            arrays[SCORE_WEIGHTS] = state.extra[_WEIGHTS].numpy()
         return arrays
 
     def value_config(self, values: Tensor, state: ServerState) -> dict[str, Any]:
         if not self.masks_down:
             return {}
-        return {P.CFG_SCORES_FINGERPRINT: scores_fingerprint(values, self.layout(state))}
+        return {CFG_SCORES_FINGERPRINT: scores_fingerprint(values, self.layout(state))}
 
     def paper_bytes(self, k: int, total: int, *, value_bytes: int = 4) -> int:
         return 0  # the paper's values-and-indices accounting does not describe a supermask
 
     # -- server: what comes up -----------------------------------------------------------
     def reply_arrays(self) -> set[str]:
-        return {P.UPDATE, P.SAMPLED_MASK} if self.sends_masks else {P.UPDATE}
+        return {P.UPDATE, SAMPLED_MASK} if self.sends_masks else {P.UPDATE}
 
     def update_length(self, sent: Sent, state: ServerState) -> int:
         return self.layout(state).num_head if self.sends_masks else sent.k
@@ -196,10 +251,10 @@ class SupermaskMethod(SparseMethod):
             return {}
         layout = self.layout(state)
         packed = decode_array(
-            arrays[P.SAMPLED_MASK], P.SAMPLED_MASK, dtype="u1", length=layout.packed_bytes
+            arrays[SAMPLED_MASK], SAMPLED_MASK, dtype="u1", length=layout.packed_bytes
         )
         layout.unpack(packed)  # raises on set padding bits
-        return {P.SAMPLED_MASK: packed}
+        return {SAMPLED_MASK: packed}
 
     def combine(self, state: ServerState, replies: list[TrainReply]) -> Tensor:
         if not self.sends_masks:
@@ -210,7 +265,7 @@ class SupermaskMethod(SparseMethod):
             dataclasses.replace(r, positions=layout.head_positions).update() for r in replies
         ]
         head = aggregate_updates(updates, layout.k, self.config.aggregation)[layout.head_positions]
-        packed = [r.extra[P.SAMPLED_MASK] for r in replies]
+        packed = [r.extra[SAMPLED_MASK] for r in replies]
         weights = [r.weight for r in replies]
         assert isinstance(state.model, SupermaskModel)
         state.extra[_MASKS] = torch.from_numpy(np.stack(packed))
@@ -298,9 +353,9 @@ class SupermaskMethod(SparseMethod):
         layout = SupermaskLayout.of(model, mask)
         packed: list[np.ndarray] = []
         weights: list[float] = []
-        if P.SCORE_MASKS in arrays:
-            rows = np.asarray(arrays[P.SCORE_MASKS])
-            raw = np.asarray(arrays[P.SCORE_WEIGHTS]) if P.SCORE_WEIGHTS in arrays else None
+        if SCORE_MASKS in arrays:
+            rows = np.asarray(arrays[SCORE_MASKS])
+            raw = np.asarray(arrays[SCORE_WEIGHTS]) if SCORE_WEIGHTS in arrays else None
             if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != layout.packed_bytes:
                 raise P.NodeError(
                     P.Status.BAD_MESSAGE,
@@ -321,7 +376,7 @@ class SupermaskMethod(SparseMethod):
             )
         except ValueError as e:
             raise P.NodeError(P.Status.BAD_MESSAGE, f"cannot rebuild the scores: {e}") from None
-        expected = str(cfg.get(P.CFG_SCORES_FINGERPRINT, ""))
+        expected = str(cfg.get(CFG_SCORES_FINGERPRINT, ""))
         got = scores_fingerprint(rebuilt, layout)
         if got != expected:
             raise P.NodeError(
@@ -361,5 +416,5 @@ class SupermaskMethod(SparseMethod):
         layout = SupermaskLayout.of(model, mask)
         return {
             P.UPDATE: codec.encode(layout.head(trained) - layout.head(received)),
-            P.SAMPLED_MASK: layout.sample_packed(trained, torch.Generator().manual_seed(seed + 1)),
+            SAMPLED_MASK: layout.sample_packed(trained, torch.Generator().manual_seed(seed + 1)),
         }

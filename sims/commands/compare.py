@@ -68,11 +68,14 @@ def _megabytes(nbytes: int) -> str:
 
 
 def _density(record: RunRecord) -> str:
-    if record.method == "dense":
+    from fish_fl.methods import trains
+
+    kind = trains(record.method)
+    if kind == "all":
         return "100%"
-    if record.method == "supermask":
+    if kind == "learned":
         return "(mask)"  # trains scores over frozen weights, not a share of them
-    if record.method in ("bitfit", "layers"):
+    if kind == "tensors":
         # Whole tensors: the share trained is what the run's summary counted.
         k = (record.summary or {}).get("k")
         numel = (record.summary or {}).get("model_numel")

@@ -50,6 +50,7 @@ def prune_and_evaluate(
     import torch
 
     from fish_fl.masks import build_mask
+    from fish_fl.methods import trains
     from fish_fl.models import is_vision_model, resolve_device
     from fish_fl.pruning import (
         DEFAULT_PRUNABLE,
@@ -61,8 +62,10 @@ def prune_and_evaluate(
     from fish_fl.task import build_base_model, evaluate_model, load_task_data
     from fish_fl.training import SparseParameters, make_optimizer
 
-    if config.mask_method == "supermask":
-        raise ValueError("fish-fl prune trains weights; mask-method=supermask freezes them")
+    if trains(config.mask_method) == "learned":
+        raise ValueError(
+            f"fish-fl prune trains weights; mask-method={config.mask_method} freezes them"
+        )
     schedule = CubicSchedule(
         initial=initial, final=final, begin=begin, num_prunings=prunings, every=every
     )

@@ -43,6 +43,7 @@ from typing import Annotated, Any
 import typer
 
 from fish_fl.config import RunConfig, parse_override
+from fish_fl.methods import method_class, trains
 from fish_fl.plots import RunFolderError, RunRecord, load_run
 
 from .run import preset_path
@@ -74,7 +75,7 @@ __all__ = [
 ]
 
 #: Extra summary columns an experiment may ask for.
-COLUMNS = ("checkpoint", "supermask")
+COLUMNS = ("checkpoint", "method")
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +138,9 @@ class Experiment:
         Per scale, its table: run keys, optional ``preset`` and ``label`` sub-tables.
     columns
         Extra summary columns: ``"checkpoint"`` adds the sparse delta's size,
-        ``"supermask"`` the final mask's sparsity, the sampled masks' score and
-        the bits sent up per masked weight.
+        ``"method"`` the figures the run's method reports (``report_columns``
+        of its wire; a supermask: the final mask's sparsity, the sampled
+        masks' score and the bits sent up per masked weight).
     """
 
     name: str
@@ -592,24 +594,6 @@ def checkpoint_stats(record: RunRecord, run_dir: Path | None = None) -> dict[str
     return {"sparse_ckpt_mb": sparse / 1e6, "dense_ckpt_mb": dense / 1e6}
 
 
-def supermask_stats(record: RunRecord, run_dir: Path | None = None) -> dict[str, float]:
-    """A supermask run's final mask: sparsity, sampled-mask score, uplink bits per weight.
-
-    From ``supermask.json`` (written after the last round) and the last
-    round's ``supermask`` entry in ``metrics.jsonl``; empty for other runs.
-    """
-    out: dict[str, float] = {}
-    if run_dir is not None and (run_dir / "supermask.json").is_file():
-        report = json.loads((run_dir / "supermask.json").read_text(encoding="utf-8"))
-        out["sm_sparsity_pct"] = 100.0 * float(report["sparsity_threshold"])
-        if report.get("sampled_metrics"):
-            out["sm_sampled"] = float(report["sampled_mean"])
-    rows = [r for r in record.rows if isinstance(r.get("supermask"), dict) and r["round"] > 0]
-    if rows:
-        out["sm_bits_up"] = float(rows[-1]["supermask"]["bits_per_weight_up"])
-    return out
-
-
 def summarise_label(
     label: str, records: Sequence[tuple[int, RunRecord, Path]], columns: Sequence[str] = ()
 ) -> LabelSummary:
@@ -630,8 +614,8 @@ def summarise_label(
         if "checkpoint" in columns:
             for key, value in checkpoint_stats(rec, run_dir).items():
                 extra.setdefault(key, []).append(value)
-        if "supermask" in columns:
-            for key, value in supermask_stats(rec, run_dir).items():
+        if "method" in columns:
+            for key, value in method_class(rec.method).report_stats(rec.rows, run_dir).items():
                 extra.setdefault(key, []).append(value)
     first = records[0][1]
     return LabelSummary(
@@ -697,10 +681,10 @@ def format_summary(
     extra_cols = [
         ("sparse_ckpt_mb", "sparse ckpt MB", ".2f"),
         ("dense_ckpt_mb", "dense ckpt MB", ".2f"),
-        ("sm_sparsity_pct", "mask sparsity %", ".2f"),
-        ("sm_sampled", "sampled masks", ".4f"),
-        ("sm_bits_up", "bits up per masked weight", ".4g"),
     ]
+    methods = [method_class(m) for m in dict.fromkeys(s.method for s in summaries)]
+    for method in methods:
+        extra_cols += [c for c in method.report_columns if c not in extra_cols]
     extra_cols = [c for c in extra_cols if any(c[0] in s.extra for s in summaries)]
     head = [
         "label",
@@ -730,14 +714,13 @@ def format_summary(
         "|" + "|".join("---" if i < 5 else "---:" for i in range(len(head))) + "|",
     ]
     for s in summaries:
+        kind = trains(s.method)
         density = (
-            "100%"
-            if s.method == "dense"
-            else ("n/a" if s.density is None else f"{100 * s.density:.3g}%")
+            "100%" if kind == "all" else ("n/a" if s.density is None else f"{100 * s.density:.3g}%")
         )
-        if s.method in ("bitfit", "layers"):
+        if kind == "tensors":
             density = "(whole tensors)"
-        elif s.method == "supermask":
+        elif kind == "learned":
             density = "(learned mask)"
         row = [
             s.label,
@@ -753,14 +736,9 @@ def format_summary(
             *[_cell(s.extra.get(key, (None, None)), spec) for key, _, spec in extra_cols],
         ]
         lines.append("| " + " | ".join(row) + " |")
-    if any(key.startswith("sm_") for key, _, _ in extra_cols):
-        lines += [
-            "",
-            "Supermask runs: mask sparsity = masked weights dropped by the final most likely "
-            "mask; sampled masks = the metric with masks sampled from the final scores (mean "
-            "over the samples, then over seeds); bits up per masked weight = the bytes of a "
-            "reply in the last round, as serialised, x 8 / masked weights.",
-        ]
+    for method in methods:
+        if method.report_note and any(c in extra_cols for c in method.report_columns):
+            lines += ["", method.report_note]
     if any(key.endswith("ckpt_mb") for key, _, _ in extra_cols):
         lines += [
             "",

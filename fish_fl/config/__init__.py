@@ -12,266 +12,58 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .masks import MaskSpec, available_builders
-from .supermask.federated import DOWNLINKS, UPLINKS
-from .training import OptimizerConfig
+from ..masks import MaskSpec, available_builders, available_scorers
+from ..methods.keys import MethodKeys
+from ..training import OptimizerConfig
+from .keys import SHAPES
+from .sections import FederationKeys, MachineKeys, MaskKeys, OptimizerKeys, TaskKeys
 
-__all__ = ["DATA_KEYS", "MODEL_KEYS", "ConfigError", "RunConfig", "parse_override"]
+__all__ = [
+    "DATA_KEYS",
+    "MODEL_KEYS",
+    "SECTIONS",
+    "ConfigError",
+    "FederationKeys",
+    "MachineKeys",
+    "MaskKeys",
+    "MethodKeys",
+    "OptimizerKeys",
+    "RunConfig",
+    "TaskKeys",
+    "keys_that_shape",
+    "parse_override",
+]
 
 
-#: Keys that change the data a client process loads (its cache is keyed by them).
-DATA_KEYS: tuple[str, ...] = (
-    "task",
-    "model",
-    "data-source",
-    "data-dir",
-    "max-length",
-    "train-examples",
-    "eval-examples",
-    "seed",
-    "num-clients",
-    "partition",
-    "dirichlet-alpha",
-    "fisher-samples",
-    "mask-source",
-    "batch-size",
-    "eval-batch-size",
-    "augment",
-)
-#: Keys that change the model a client process builds (a method adds its own).
-MODEL_KEYS: tuple[str, ...] = ("model", "task", "width", "seed", "mask-method")
+_S = TypeVar("_S")
 
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
-def _meta(help: str, **choices: Any) -> dict[str, Any]:
-    return {"help": help, **choices}
-
-
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything one federated run needs. Keys are kebab-case outside Python."""
+class RunConfig(MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, FederationKeys, TaskKeys):
+    """Everything one federated run needs. Keys are kebab-case outside Python.
 
-    # -- what to train ------------------------------------------------------
-    task: str = field(
-        default="sst2", metadata=_meta("GLUE task (sst2, cola, stsb, ...) or cifar10")
-    )
-    model: str = field(
-        default="minilm",
-        metadata=_meta("minilm, resnet34-cifar, resnet18-cifar, a hub name or a local folder"),
-    )
-    width: int = field(
-        default=64, metadata=_meta("ResNet first-stage width (64: the paper's ResNet-34)", min=1)
-    )
-    data_source: str = field(
-        default="embedded",
-        metadata=_meta(
-            "embedded (shipped SST-2 sample), local (data-dir) or hub",
-            choices=("embedded", "local", "hub"),
-        ),
-    )
-    data_dir: str = field(default="", metadata=_meta("GLUE folder or CIFAR-10 .npz / image folder"))
-    max_length: int = field(default=128, metadata=_meta("tokeniser max length", min=8))
-    train_examples: int = field(
-        default=0, metadata=_meta("use only this many training examples (0: all)", min=0)
-    )
-    eval_examples: int = field(
-        default=0, metadata=_meta("evaluate on this many held-out examples (0: all)", min=0)
-    )
-    seed: int = field(default=0, metadata=_meta("seed of every generator in the run", min=0))
-
-    # -- the federation -------------------------------------------------------
-    num_clients: int = field(default=2, metadata=_meta("simulated clients (partitions)", min=1))
-    clients_per_round: int = field(
-        default=0, metadata=_meta("clients sampled per round (0: all)", min=0)
-    )
-    partition: str = field(
-        default="iid", metadata=_meta("client split", choices=("iid", "dirichlet"))
-    )
-    dirichlet_alpha: float = field(default=0.5, metadata=_meta("Dirichlet concentration", gt=0.0))
-    rounds: int = field(default=10, metadata=_meta("federated rounds", min=1))
-    local_steps: int = field(
-        default=20, metadata=_meta("optimiser steps per client per round", min=1)
-    )
-    batch_size: int = field(default=32, metadata=_meta("training batch size", min=1))
-    eval_batch_size: int = field(default=128, metadata=_meta("evaluation batch size", min=1))
-    aggregation: str = field(
-        default="mean", metadata=_meta("combine client updates", choices=("sum", "mean"))
-    )
-    persist_optimizer: bool = field(
-        default=True, metadata=_meta("clients keep optimiser state across rounds")
-    )
-    update_dtype: str = field(
-        default="float32",
-        metadata=_meta("uplink value dtype", choices=("float32", "float16", "bfloat16")),
-    )
-    max_update_norm: float = field(
-        default=0.0, metadata=_meta("bound on a client update's L2 norm (0: none)", min=0.0)
-    )
-    norm_policy: str = field(
-        default="reject",
-        metadata=_meta(
-            "an update above max-update-norm is rejected or clipped to it",
-            choices=("reject", "clip"),
-        ),
-    )
-    norm_factor: float = field(
-        default=10.0,
-        metadata=_meta(
-            "without max-update-norm: reject updates above this many times the lower median "
-            "norm of the round's and the last round's updates (0: no adaptive bound)",
-            min=0.0,
-        ),
-    )
-    max_client_examples: int = field(
-        default=0,
-        metadata=_meta(
-            "cap on the examples a reply may claim (0: the largest partition of the server's split)",
-            min=0,
-        ),
-    )
-    max_skipped_rounds: int = field(
-        default=3,
-        metadata=_meta(
-            "end the run with an error after this many rounds in a row without enough valid "
-            "replies (0: never)",
-            min=0,
-        ),
-    )
-    min_replies: int = field(
-        default=1, metadata=_meta("valid replies needed to update the model", min=1)
-    )
-    round_timeout: float = field(
-        default=3600.0, metadata=_meta("seconds to wait for replies", gt=0.0)
-    )
-    federated_eval: bool = field(default=False, metadata=_meta("also evaluate on the clients"))
-    eval_every: int = field(
-        default=1, metadata=_meta("centralised evaluation every N rounds", min=1)
-    )
-    budget_fme: float = field(
-        default=0.0,
-        metadata=_meta("stop at this traffic, in full-model equivalents (0: off)", min=0.0),
-    )
-    budget_mb: float = field(
-        default=0.0, metadata=_meta("stop at this traffic, in megabytes (0: off)", min=0.0)
-    )
-
-    # -- the mask -------------------------------------------------------------
-    mask_method: str = field(
-        default="fish",
-        metadata=_meta("mask builder (fish, random, magnitude, bitfit, layers, dense)"),
-    )
-    density: float = field(
-        default=0.005, metadata=_meta("fraction of parameters trained", gt=0.0, max=1.0)
-    )
-    mask_source: str = field(
-        default="server",
-        metadata=_meta("where the Fisher is computed", choices=("server", "clients")),
-    )
-    mask_assignment: str = field(
-        default="shared",
-        metadata=_meta("one mask for all, or disjoint per client", choices=("shared", "disjoint")),
-    )
-    fisher_samples: int = field(default=256, metadata=_meta("Fisher examples N", min=1))
-    fisher_kind: str = field(
-        default="empirical", metadata=_meta("Fisher estimator", choices=("empirical", "true"))
-    )
-    head_patterns: tuple[str, ...] = field(
-        default=("classifier", "fc", "head"),
-        metadata=_meta("task-head name patterns (always trained)"),
-    )
-    layers_preset: str = field(default="", metadata=_meta("layers mask preset"))
-    warmup_rounds: int = field(
-        default=0, metadata=_meta("dense rounds before the mask is computed", min=0)
-    )
-    mask_refresh: int = field(
-        default=0, metadata=_meta("recompute the mask every R rounds (0: fixed)", min=0)
-    )
-
-    # -- supermasks (mask-method=supermask) ------------------------------------
-    supermask_uplink: str = field(
-        default="mask",
-        metadata=_meta(
-            "supermask clients send a sampled binary mask (1 bit per weight) or score updates",
-            choices=UPLINKS,
-        ),
-    )
-    supermask_downlink: str = field(
-        default="auto",
-        metadata=_meta(
-            "the server sends the last round's sampled masks (1 bit per weight per client) "
-            "or float32 scores (auto: masks when the uplink is masks and under 32 clients a round)",
-            choices=("auto", *DOWNLINKS),
-        ),
-    )
-    supermask_initial_sparsity: float = field(
-        default=0.0,
-        metadata=_meta("fraction of each masked weight that starts off (smallest |w|)", min=0.0),
-    )
-    supermask_score_lr: float = field(
-        default=0.2,
-        metadata=_meta("learning rate of the supermask scores (lr: the head's)", gt=0.0),
-    )
-    supermask_maskable: tuple[str, ...] = field(
-        default=(),
-        metadata=_meta(
-            "name patterns of the masked weights (empty: the encoder blocks, or a ResNet's convolutions)"
-        ),
-    )
-    supermask_eval: str = field(
-        default="threshold",
-        metadata=_meta(
-            "mask of the centralised evaluation: the most likely (threshold) or the expected one",
-            choices=("threshold", "expected"),
-        ),
-    )
-    supermask_eval_samples: int = field(
-        default=3, metadata=_meta("sampled masks scored after the last round", min=0)
-    )
-
-    # -- optimisation ---------------------------------------------------------
-    optimizer: str = field(default="adamw", metadata=_meta("optimiser", choices=("adamw", "sgd")))
-    lr: float = field(default=1e-3, metadata=_meta("learning rate", gt=0.0))
-    lr_schedule: str = field(
-        default="constant",
-        metadata=_meta(
-            "per-round learning rate: constant, or linear / cosine decay over the rounds",
-            choices=("constant", "linear", "cosine"),
-        ),
-    )
-    weight_decay: float = field(
-        default=0.0, metadata=_meta("weight decay of trained entries", min=0.0)
-    )
-    momentum: float = field(default=0.9, metadata=_meta("SGD momentum", min=0.0, max=1.0))
-    nesterov: bool = field(default=False, metadata=_meta("SGD Nesterov momentum"))
-    grad_clip: float = field(
-        default=1.0, metadata=_meta("global gradient-norm clip (0: off)", min=0.0)
-    )
-    augment: bool = field(default=True, metadata=_meta("image augmentation (crop and flip)"))
-
-    # -- machine --------------------------------------------------------------
-    device: str = field(default="auto", metadata=_meta("auto, cpu, cuda or cuda:N"))
-    amp: bool = field(default=False, metadata=_meta("bfloat16 autocast on CUDA"))
-    client_num_cpus: float = field(default=1.0, metadata=_meta("CPUs per simulated client", gt=0.0))
-    client_num_gpus: float = field(
-        default=0.0, metadata=_meta("GPUs per simulated client", min=0.0)
-    )
-    progress: bool = field(default=True, metadata=_meta("progress bars"))
-    out_dir: str = field(default="runs", metadata=_meta("folder that run folders are created in"))
+    Composed of the sections in :mod:`fish_fl.config.sections` (task,
+    federation, mask, optimiser, machine) and every method's own keys
+    (:mod:`fish_fl.methods.keys`); a field's metadata gives its help, its
+    allowed values and what it shapes.
+    """
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -284,7 +76,17 @@ class RunConfig:
             raise ConfigError(
                 f"mask-method={self.mask_method!r} is not allowed; choose one of {', '.join(available_builders())}"
             )
-        from .methods import method_class
+        from ..data.glue import GLUE_TASKS, get_task
+        from ..methods import method_class
+
+        if self.task != "cifar10":
+            try:
+                get_task(self.task)
+            except ValueError:
+                raise ConfigError(
+                    f"task={self.task!r} is not known; choose cifar10 or a GLUE task "
+                    f"({', '.join(sorted(GLUE_TASKS))})"
+                ) from None
 
         method_class(self.mask_method).check_config(self)
         if self.warmup_rounds >= self.rounds:
@@ -300,9 +102,9 @@ class RunConfig:
                 f"min-replies={self.min_replies} exceeds the {self.sampled_clients} clients sampled per round"
             )
         if self.mask_assignment == "disjoint":
-            if self.mask_method not in ("fish", "random", "magnitude"):
+            if self.mask_method not in available_scorers():
                 raise ConfigError(
-                    f"mask-assignment=disjoint needs a scored mask (fish, random, magnitude), got mask-method={self.mask_method!r}"
+                    f"mask-assignment=disjoint needs a scored mask ({', '.join(available_scorers())}), got mask-method={self.mask_method!r}"
                 )
             if self.density * self.num_clients > 1:
                 raise ConfigError(
@@ -409,10 +211,17 @@ class RunConfig:
         """
         import hashlib
 
-        keys = {"data": DATA_KEYS, "model": MODEL_KEYS}[kind] + tuple(extra)
+        keys = keys_that_shape(kind) + tuple(extra)
         flat = self.to_dict()
         text = json.dumps({k: flat[k] for k in keys}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def section(self, cls: type[_S]) -> _S:
+        """This configuration's values of one section (e.g. ``config.section(TaskKeys)``)."""
+        if cls not in SECTIONS and not issubclass(RunConfig, cls):
+            raise TypeError(f"{cls.__name__} is not a section of RunConfig")
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        return cls(**{n: getattr(self, n) for n in names})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -423,6 +232,26 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+#: The sections a :class:`RunConfig` is composed of, in the order keys are listed.
+SECTIONS: tuple[type, ...] = (
+    TaskKeys,
+    FederationKeys,
+    MaskKeys,
+    OptimizerKeys,
+    MachineKeys,
+    MethodKeys,
+)
+
+
+def keys_that_shape(kind: str) -> tuple[str, ...]:
+    """The keys whose metadata says they shape ``kind`` (``data`` or ``model``)."""
+    if kind not in SHAPES:
+        raise ValueError(f"unknown shape kind {kind!r}; expected one of {', '.join(SHAPES)}")
+    return tuple(
+        _kebab(f.name) for f in dataclasses.fields(RunConfig) if kind in f.metadata["shapes"]
+    )
 
 
 def _kebab(name: str) -> str:
@@ -505,7 +334,8 @@ def _check_field(f: dataclasses.Field[Any], value: Any) -> None:
     meta = f.metadata
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(
-            f"{key}={value!r} is not allowed; choose one of {', '.join(meta['choices'])}"
+            f"{key}={value!r} is not allowed; choose one of "
+            + ", ".join(str(c) if c != "" else "'' (none)" for c in meta["choices"])
         )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
@@ -516,6 +346,14 @@ def _check_field(f: dataclasses.Field[Any], value: Any) -> None:
             raise ConfigError(f"{key}={value!r} must be > {meta['gt']}")
         if "max" in meta and value > meta["max"]:
             raise ConfigError(f"{key}={value!r} must be <= {meta['max']}")
+    if meta.get("patterns"):
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(
+                    f"{key}: {pattern!r} is not a valid regular expression ({e})"
+                ) from None
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -524,3 +362,9 @@ def parse_override(text: str) -> tuple[str, str]:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), value.strip()
+
+
+#: Keys that change the data a node loads (its cache is keyed by them).
+DATA_KEYS: tuple[str, ...] = keys_that_shape("data")
+#: Keys that change the model a node builds (a method adds its own, ``model_keys``).
+MODEL_KEYS: tuple[str, ...] = keys_that_shape("model")

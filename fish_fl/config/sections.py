@@ -1,0 +1,260 @@
+"""The run configuration's sections: one frozen dataclass per concern.
+
+:class:`~fish_fl.config.RunConfig` is composed of these (and of each method's
+own keys, see :mod:`fish_fl.methods.keys`), so every key stays a flat
+kebab-case name for ``--set key=value``, presets and Flower's ``run_config``,
+while code that needs one concern can take one section
+(``config.section(TaskKeys)``).
+
+A key's metadata carries its help text and allowed values, and ``shapes``:
+whether it changes the ``data`` a node loads or the ``model`` it builds.
+Node-side caches are keyed by a hash of exactly those keys
+(:meth:`RunConfig.shape_key`), so a new key declares what it shapes where it
+is defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..masks.layers import LAYERS_PRESETS
+from .keys import meta as _meta
+
+__all__ = ["FederationKeys", "MachineKeys", "MaskKeys", "OptimizerKeys", "TaskKeys"]
+
+
+@dataclass(frozen=True)
+class TaskKeys:
+    """What to train: the task, the model and the data."""
+
+    task: str = field(
+        default="sst2",
+        metadata=_meta(
+            shapes=("data", "model"), help="GLUE task (sst2, cola, stsb, ...) or cifar10"
+        ),
+    )
+    model: str = field(
+        default="minilm",
+        metadata=_meta(
+            shapes=("data", "model"),
+            help="minilm, resnet34-cifar, resnet18-cifar, a hub name or a local folder",
+        ),
+    )
+    width: int = field(
+        default=64,
+        metadata=_meta(
+            shapes=("model",), help="ResNet first-stage width (64: the paper's ResNet-34)", min=1
+        ),
+    )
+    data_source: str = field(
+        default="embedded",
+        metadata=_meta(
+            shapes=("data",),
+            help="embedded (shipped SST-2 sample), local (data-dir) or hub",
+            choices=("embedded", "local", "hub"),
+        ),
+    )
+    data_dir: str = field(
+        default="",
+        metadata=_meta(shapes=("data",), help="GLUE folder or CIFAR-10 .npz / image folder"),
+    )
+    max_length: int = field(
+        default=128, metadata=_meta(shapes=("data",), help="tokeniser max length", min=8)
+    )
+    train_examples: int = field(
+        default=0,
+        metadata=_meta(
+            shapes=("data",), help="use only this many training examples (0: all)", min=0
+        ),
+    )
+    eval_examples: int = field(
+        default=0,
+        metadata=_meta(
+            shapes=("data",), help="evaluate on this many held-out examples (0: all)", min=0
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_meta(
+            shapes=("data", "model"),
+            help="seed of every generator in the run (at most 2**32 - 1)",
+            min=0,
+            max=2**32 - 1,
+        ),
+    )
+    augment: bool = field(
+        default=True, metadata=_meta(shapes=("data",), help="image augmentation (crop and flip)")
+    )
+
+
+@dataclass(frozen=True)
+class FederationKeys:
+    """The federation: clients, rounds, aggregation and the server's defences."""
+
+    num_clients: int = field(
+        default=2, metadata=_meta(shapes=("data",), help="simulated clients (partitions)", min=1)
+    )
+    clients_per_round: int = field(
+        default=0, metadata=_meta("clients sampled per round (0: all)", min=0)
+    )
+    partition: str = field(
+        default="iid",
+        metadata=_meta(shapes=("data",), help="client split", choices=("iid", "dirichlet")),
+    )
+    dirichlet_alpha: float = field(
+        default=0.5, metadata=_meta(shapes=("data",), help="Dirichlet concentration", gt=0.0)
+    )
+    rounds: int = field(default=10, metadata=_meta("federated rounds", min=1))
+    local_steps: int = field(
+        default=20, metadata=_meta("optimiser steps per client per round", min=1)
+    )
+    batch_size: int = field(
+        default=32, metadata=_meta(shapes=("data",), help="training batch size", min=1)
+    )
+    eval_batch_size: int = field(
+        default=128, metadata=_meta(shapes=("data",), help="evaluation batch size", min=1)
+    )
+    aggregation: str = field(
+        default="mean", metadata=_meta("combine client updates", choices=("sum", "mean"))
+    )
+    persist_optimizer: bool = field(
+        default=True, metadata=_meta("clients keep optimiser state across rounds")
+    )
+    update_dtype: str = field(
+        default="float32",
+        metadata=_meta("uplink value dtype", choices=("float32", "float16", "bfloat16")),
+    )
+    max_update_norm: float = field(
+        default=0.0, metadata=_meta("bound on a client update's L2 norm (0: none)", min=0.0)
+    )
+    norm_policy: str = field(
+        default="reject",
+        metadata=_meta(
+            "an update above max-update-norm is rejected or clipped to it",
+            choices=("reject", "clip"),
+        ),
+    )
+    norm_factor: float = field(
+        default=10.0,
+        metadata=_meta(
+            "without max-update-norm: reject updates above this many times the lower median "
+            "norm of the round's and the last round's updates (0: no adaptive bound)",
+            min=0.0,
+        ),
+    )
+    max_client_examples: int = field(
+        default=0,
+        metadata=_meta(
+            "cap on the examples a reply may claim (0: the largest partition of the server's split)",
+            min=0,
+        ),
+    )
+    max_skipped_rounds: int = field(
+        default=3,
+        metadata=_meta(
+            "end the run with an error after this many rounds in a row without enough valid "
+            "replies (0: never)",
+            min=0,
+        ),
+    )
+    min_replies: int = field(
+        default=1, metadata=_meta("valid replies needed to update the model", min=1)
+    )
+    round_timeout: float = field(
+        default=3600.0, metadata=_meta("seconds to wait for replies", gt=0.0)
+    )
+    federated_eval: bool = field(default=False, metadata=_meta("also evaluate on the clients"))
+    eval_every: int = field(
+        default=1, metadata=_meta("centralised evaluation every N rounds", min=1)
+    )
+    budget_fme: float = field(
+        default=0.0,
+        metadata=_meta("stop at this traffic, in full-model equivalents (0: off)", min=0.0),
+    )
+    budget_mb: float = field(
+        default=0.0, metadata=_meta("stop at this traffic, in megabytes (0: off)", min=0.0)
+    )
+
+
+@dataclass(frozen=True)
+class MaskKeys:
+    """The mask: which entries are trained, and how it is built."""
+
+    mask_method: str = field(
+        default="fish",
+        metadata=_meta(
+            shapes=("model",), help="mask builder (fish, random, magnitude, bitfit, layers, dense)"
+        ),
+    )
+    density: float = field(
+        default=0.005, metadata=_meta("fraction of parameters trained", gt=0.0, max=1.0)
+    )
+    mask_source: str = field(
+        default="server",
+        metadata=_meta(
+            shapes=("data",), help="where the Fisher is computed", choices=("server", "clients")
+        ),
+    )
+    mask_assignment: str = field(
+        default="shared",
+        metadata=_meta("one mask for all, or disjoint per client", choices=("shared", "disjoint")),
+    )
+    fisher_samples: int = field(
+        default=256, metadata=_meta(shapes=("data",), help="Fisher examples N", min=1)
+    )
+    fisher_kind: str = field(
+        default="empirical", metadata=_meta("Fisher estimator", choices=("empirical", "true"))
+    )
+    head_patterns: tuple[str, ...] = field(
+        default=("classifier", "fc", "head"),
+        metadata=_meta(
+            "task-head name patterns (always trained; regular expressions)", patterns=True
+        ),
+    )
+    layers_preset: str = field(
+        default="",
+        metadata=_meta("layers mask preset (empty: none)", choices=("", *LAYERS_PRESETS)),
+    )
+    warmup_rounds: int = field(
+        default=0, metadata=_meta("dense rounds before the mask is computed", min=0)
+    )
+    mask_refresh: int = field(
+        default=0, metadata=_meta("recompute the mask every R rounds (0: fixed)", min=0)
+    )
+
+
+@dataclass(frozen=True)
+class OptimizerKeys:
+    """Local optimisation on each node."""
+
+    optimizer: str = field(default="adamw", metadata=_meta("optimiser", choices=("adamw", "sgd")))
+    lr: float = field(default=1e-3, metadata=_meta("learning rate", gt=0.0))
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_meta(
+            "per-round learning rate: constant, or linear / cosine decay over the rounds",
+            choices=("constant", "linear", "cosine"),
+        ),
+    )
+    weight_decay: float = field(
+        default=0.0, metadata=_meta("weight decay of trained entries", min=0.0)
+    )
+    momentum: float = field(default=0.9, metadata=_meta("SGD momentum", min=0.0, max=1.0))
+    nesterov: bool = field(default=False, metadata=_meta("SGD Nesterov momentum"))
+    grad_clip: float = field(
+        default=1.0, metadata=_meta("global gradient-norm clip (0: off)", min=0.0)
+    )
+
+
+@dataclass(frozen=True)
+class MachineKeys:
+    """Where and how it runs: devices, resources, output."""
+
+    device: str = field(default="auto", metadata=_meta("auto, cpu, cuda or cuda:N"))
+    amp: bool = field(default=False, metadata=_meta("bfloat16 autocast on CUDA"))
+    client_num_cpus: float = field(default=1.0, metadata=_meta("CPUs per simulated client", gt=0.0))
+    client_num_gpus: float = field(
+        default=0.0, metadata=_meta("GPUs per simulated client", min=0.0)
+    )
+    progress: bool = field(default=True, metadata=_meta("progress bars"))
+    out_dir: str = field(default="runs", metadata=_meta("folder that run folders are created in"))
