@@ -107,6 +107,7 @@ def _cases(data: Path) -> dict[str, tuple[list[str], str]]:
         "fisher-samples-all-data": (["fisher-samples=4000"], "fisher-samples=4000"),
         "model-folder-missing": (["model=/nonexistent/model"], "/nonexistent/model"),
         "vision-task": ([*vision, "task=sst2"], "task='sst2' does not fit the vision model"),
+        "text-model-cifar": (["task=cifar10"], "task=cifar10 needs a vision model"),
         "layers-preset-for-model": (
             [*vision, "mask-method=layers", "layers-preset=no-deepest-2"],
             "numbered blocks",
@@ -117,15 +118,11 @@ def _cases(data: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "gpus-absent": ([f"client-num-gpus={torch.cuda.device_count() + 1}"], "client-num-gpus"),
         "cpus-absent": ([f"client-num-cpus={(os.cpu_count() or 1) + 1}"], "client-num-cpus"),
-        # Pure value checks of the configuration itself (fish_fl/config.py).
+        # Value checks of the configuration itself (fish_fl/config), before pre-flight.
         "head-patterns-regex": (["head-patterns=["], "head-patterns"),
         "seed-range": (["seed=99999999999999"], "seed"),
         "layers-preset-name": (["layers-preset=bogus"], "layers-preset"),
     }
-
-
-# Value checks of the configuration itself belong to fish_fl/config.py, not to pre-flight.
-_PENDING = pytest.mark.xfail(strict=True, reason="value check not in fish_fl/config.py yet")
 
 
 @pytest.mark.parametrize(
@@ -138,14 +135,14 @@ _PENDING = pytest.mark.xfail(strict=True, reason="value check not in fish_fl/con
         "fisher-samples-all-data",
         "model-folder-missing",
         "vision-task",
+        "text-model-cifar",
         "layers-preset-for-model",
         "layers-preset-unknown",
         "gpus-absent",
         "cpus-absent",
-        *(
-            pytest.param(case, marks=_PENDING)
-            for case in ("head-patterns-regex", "seed-range", "layers-preset-name")
-        ),
+        "head-patterns-regex",
+        "seed-range",
+        "layers-preset-name",
     ],
 )
 def test_cli_refuses_before_the_simulation_without_a_run_folder(
