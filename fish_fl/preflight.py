@@ -19,6 +19,7 @@ SST-2 sample is small and is read whole (a few milliseconds).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import zipfile
@@ -144,13 +145,20 @@ def _check_data(config: RunConfig) -> None:
         train_file, dev_file = glue_files(config.data_dir, task)
         train = read_glue_tsv(train_file, task, max_rows=SAMPLE_ROWS)
         read_glue_tsv(dev_file, task, max_rows=SAMPLE_ROWS)
-        if len(train) < SAMPLE_ROWS:  # the whole file was read: its size is known
+        if _lines(train_file, SAMPLE_ROWS + 2) <= SAMPLE_ROWS + int(task.tsv.header):
+            # The whole file was read (one row a line: the files are not quoted).
             check_calibration(config, train_rows(config, len(train)))
     elif not _forced_offline() and hub_offline():
         raise PreflightError(
             "data-source=hub: the Hugging Face hub is unreachable; be online, or use "
             "data-source=local with a GLUE folder"
         )
+
+
+def _lines(path: Path, most: int) -> int:
+    """Lines of a text file, counting no further than ``most``."""
+    with path.open("rb") as f:
+        return sum(1 for _ in itertools.islice(f, most))
 
 
 def _forced_offline() -> bool:

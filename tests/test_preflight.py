@@ -193,6 +193,12 @@ def test_local_data_is_read_only_in_part(tmp_path: Path) -> None:
         {"data-source": "local", "data-dir": str(root), "fisher-samples": 8}
     )
     preflight(config, simulation=False)
+    # A bad row among those read says nothing about the size of a longer file.
+    longer = "sentence\tlabel\nbad\tlabel\n" + rows
+    preflight(
+        config.replace(data_dir=str(_sst2_folder(tmp_path / "long", longer)), fisher_samples=210),
+        simulation=False,
+    )
     # A short file is read whole, so its size is known: too few rows for the Fisher sample.
     small = _sst2_folder(tmp_path / "small", "sentence\tlabel\nok\t1\nbad\t0\n")
     with pytest.raises(PreflightError, match="fisher-samples=8 leaves no training data among 2"):
