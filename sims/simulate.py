@@ -27,7 +27,8 @@ def simulate(
     If the simulation backend fails while the ServerApp still runs, the
     ServerApp is stopped at its next exchange with the nodes and this raises
     ``RuntimeError`` naming the backend's error, instead of leaving the
-    ServerApp to wait out ``round-timeout``.
+    ServerApp to wait out ``round-timeout`` (on Ctrl-C the ServerApp is
+    stopped the same way and the interrupt goes on).
     """
     import json
 
@@ -58,15 +59,23 @@ def simulate(
             backend_config=backend_config,  # type: ignore[arg-type]
             verbose_logging=verbose,
         )
-    except Exception as e:
+    except BaseException as e:
         # Flower re-raises the ServerApp's own error once the ServerApp has
-        # returned; an error before that came from the backend.
+        # returned; anything before that came from the backend (or Ctrl-C),
+        # and the ServerApp thread would otherwise wait out round-timeout.
         if abort.server_done():
             raise
-        reason = f"the simulation backend failed: {_root_cause(e)}"
+        interrupted = not isinstance(e, Exception)
+        reason = (
+            f"the simulation was interrupted ({type(e).__name__})"
+            if interrupted
+            else f"the simulation backend failed: {_root_cause(e)}"
+        )
         logger.error("%s; stopping the ServerApp", reason)
         abort.abort(reason)
         abort.wait_for_server()
+        if interrupted:
+            raise
         raise RuntimeError(reason) from e
     summary_path = run_dir / "summary.json"
     failure = run_dir / FAILURE

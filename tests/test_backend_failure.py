@@ -71,6 +71,68 @@ def test_grid_without_abort_waits_out_its_timeout() -> None:
     assert list(grid.get_node_ids()) == [1, 2]
 
 
+@pytest.mark.parametrize("failure", ["backend", "interrupt"])
+def test_simulate_stops_a_waiting_server_app_when_the_backend_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """Flower's run_simulation, played without Ray: the backend fails while the ServerApp waits."""
+    import flwr.simulation
+    from flwr.app import Context, RecordDict
+
+    from sims.simulate import simulate
+    from strategies.fish_strategy import RunFailed
+
+    from .flower_harness import set_identity
+
+    monkeypatch.setenv("FISH_FL_CACHE", str(tmp_path / "cache"))
+    set_identity()  # what run_simulation does before it starts the ServerApp
+    grid = SilentGrid()
+    waiting = threading.Event()
+    push = grid.push_messages
+
+    def push_and_flag(messages: Iterable[Message]) -> list[str]:
+        waiting.set()
+        return push(messages)
+
+    grid.push_messages = push_and_flag  # type: ignore[method-assign]
+    server: list[threading.Thread] = []
+    server_error: list[BaseException] = []
+
+    def run_simulation(*, server_app: object, **kwargs: object) -> None:
+        def main() -> None:  # as Flower's ServerApp thread: keep the error, end quietly
+            context = Context(1, 0, {}, RecordDict(), {})
+            try:
+                server_app(grid=grid, context=context)  # type: ignore[operator]
+            except BaseException as e:
+                server_error.append(e)
+
+        server.append(threading.Thread(target=main))
+        server[0].start()
+        assert waiting.wait(60), f"the ServerApp never sent round 1: {server_error}"
+        if failure == "interrupt":
+            raise KeyboardInterrupt
+        raise RuntimeError("An error was encountered. Ending simulation.") from ValueError(
+            "ActorPool is empty."
+        )
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
+    config = tiny_vision(tiny_cifar(tmp_path / "cifar.npz"), round_timeout=600.0)
+    run_dir = tmp_path / "run"
+    expected = KeyboardInterrupt if failure == "interrupt" else RuntimeError
+    t0 = time.monotonic()
+    with pytest.raises(expected) as info:
+        simulate(config, run_dir)
+    assert time.monotonic() - t0 < 60
+    assert not server[0].is_alive()  # simulate waited for the ServerApp to stop
+    assert isinstance(server_error[0], RunFailed)
+    if failure == "backend":
+        reason = "the simulation backend failed: ValueError: ActorPool is empty."
+        assert str(info.value) == reason and str(server_error[0]) == reason
+    else:
+        assert "interrupted" in str(server_error[0])
+    assert not run_dir.exists()  # it failed before round 1
+
+
 @pytest.mark.slow
 def test_backend_without_room_for_a_client_ends_the_run_promptly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
