@@ -4,10 +4,9 @@
 the same pre-flight checks as ``fish-fl run`` first); :func:`make_server_app`
 gives a ServerApp bound to a :class:`RunConfig`, for ``fish-fl run`` and tests.
 
-A run folder holds a run that got somewhere: one that fails before its first
-checkpoint (round 1) is removed again, whatever the error, so a failed start
-leaves nothing behind; a later failure keeps the rounds written and says why
-in ``failure.json``.
+A new run that fails before its first checkpoint (round 1) removes its run
+folder again, whatever the error, so a failed start leaves nothing behind; a
+later failure keeps the rounds written and says why in ``failure.json``.
 """
 
 from __future__ import annotations
