@@ -41,6 +41,7 @@ __all__ = [
     "dumps_strict",
     "finite_or_none",
     "read_safetensors",
+    "save_figure_atomic",
     "save_safetensors_atomic",
     "tensor_sha256",
     "write_json_atomic",
@@ -148,6 +149,13 @@ def write_json_atomic(
 ) -> None:
     """Replace ``path`` with ``data`` as strict JSON (see :func:`dumps_strict`), atomically."""
     write_text_atomic(path, dumps_strict(data, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def save_figure_atomic(figure: Any, path: str | Path, **savefig: Any) -> None:
+    """Save a matplotlib figure atomically; the format follows the suffix, as ``savefig``'s."""
+    path = Path(path)
+    with atomic_write(path) as f:
+        figure.savefig(f, format=path.suffix.lstrip(".") or None, **savefig)
 
 
 # -- safetensors ----------------------------------------------------------------------
