@@ -1,7 +1,8 @@
 """Writing files so that a crash never leaves a half-written one, and reading them back checked.
 
-Every file the project writes goes through :func:`atomic_write` (or
-:func:`atomic_path`, for writers that want a file name): the content goes to
+Every file the project writes whole goes through :func:`atomic_write` (or
+:func:`atomic_path`, for writers that want a file name; ``metrics.jsonl`` is
+appended to and flushed line by line instead): the content goes to
 a temporary file in the same folder, is flushed to disk, and is renamed over
 the target, and the folder is flushed so the rename itself survives a power
 loss. A rename within a folder is atomic on POSIX file systems, so a reader
