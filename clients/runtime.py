@@ -8,6 +8,12 @@ config, the node's mask (compact encoding) and its optimiser state (O(k)).
 The optimiser state is also written to disk after every round, under the run
 key the server sends, so that a resumed run (a new Flower run, with fresh node
 state) continues with the same state.
+
+Files on disk carry a checksum of their content (:mod:`fish_fl.fileio`). A
+cached base or optimiser state that cannot be read back intact is treated as
+missing, with a warning: a missing base makes the node answer with its
+``MISSING_BASE`` status and the server sends the base again; a missing
+optimiser state starts from a fresh one. Either way the run goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch import Tensor, nn
 from fish_fl import protocol as P
 from fish_fl.config import RunConfig
 from fish_fl.federation.sync import NodeState, resolve
+from fish_fl.fileio import read_safetensors, save_safetensors_atomic
 from fish_fl.masks import Mask
 from fish_fl.methods import SparseMethod, method_class, method_for
 from fish_fl.models import resolve_device
@@ -55,7 +62,7 @@ def _cache_dir(kind: str = "bases") -> Path:
 
 
 class BaseStore:
-    """Base models by fingerprint: two in memory, more on disk."""
+    """Base models by fingerprint: two in memory, more on disk (checksummed)."""
 
     def __init__(self, keep: int = 2, keep_on_disk: int = 4) -> None:
         self.memory: OrderedDict[str, Tensor] = OrderedDict()
@@ -65,21 +72,28 @@ class BaseStore:
         if fingerprint in self.memory:
             self.memory.move_to_end(fingerprint)
             return self.memory[fingerprint]
-        path = _cache_dir() / f"{fingerprint}.npy"
-        if path.is_file():
-            flat = torch.from_numpy(np.load(path))
-            self._remember(fingerprint, flat)
-            return flat
-        return None
+        path = _cache_dir() / f"{fingerprint}.safetensors"
+        if not path.is_file():
+            return None
+        try:
+            tensors, _ = read_safetensors(path, require_checksums=True)
+            flat = tensors.get("base")
+            if flat is None or flat.dtype != torch.float32 or flat.ndim != 1:
+                raise ValueError(f"{path} holds no 1-D float32 'base' tensor")
+        except (OSError, ValueError) as e:
+            logger.warning("cached base unusable, treated as missing: %s", e)
+            path.unlink(missing_ok=True)
+            return None
+        self._remember(fingerprint, flat)
+        return flat
 
     def put(self, fingerprint: str, flat: Tensor, *, to_disk: bool = True) -> None:
         self._remember(fingerprint, flat)
         if to_disk:
             folder = _cache_dir()
-            tmp = folder / f".{fingerprint}.{os.getpid()}.npy"
-            np.save(tmp, flat.numpy())
-            os.replace(tmp, folder / f"{fingerprint}.npy")
-            files = sorted(folder.glob("*.npy"), key=lambda p: p.stat().st_mtime)
+            path = folder / f"{fingerprint}.safetensors"
+            save_safetensors_atomic({"base": flat.contiguous()}, path, checksums=True)
+            files = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
             for old in files[: -self.keep_on_disk]:
                 old.unlink(missing_ok=True)
 
@@ -245,8 +259,6 @@ def save_optimizer_file(
     run_key: str, partition: int, rnd: int, optimizer: torch.optim.Optimizer, mask_version: int
 ) -> None:
     """Write the node's optimiser state after round ``rnd`` (atomically), keep the last few."""
-    from safetensors.torch import save_file
-
     sd = optimizer.state_dict()
     tensors = {
         f"{idx}/{name}": value.detach().cpu().contiguous()
@@ -257,10 +269,8 @@ def save_optimizer_file(
     folder = _optim_dir(run_key)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"p{partition}-r{rnd}.safetensors"
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     meta = {"mask-version": str(mask_version), "groups": json.dumps(sd["param_groups"])}
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    save_safetensors_atomic(tensors, path, meta, checksums=True)
     mine = sorted(
         folder.glob(f"p{partition}-r*.safetensors"),
         key=lambda p: int(p.stem.rsplit("-r", 1)[1]),
@@ -278,9 +288,11 @@ def save_optimizer_file(
 def load_optimizer_file(
     run_key: str, partition: int, rnd: int, optimizer: torch.optim.Optimizer, mask_version: int
 ) -> bool:
-    """Restore the newest state saved before round ``rnd`` for this mask version."""
-    from safetensors import safe_open
+    """Restore the newest state saved before round ``rnd`` for this mask version.
 
+    False when there is none, or when the newest cannot be read back intact or
+    does not fit the optimiser (a warning says why; training starts afresh).
+    """
     folder = _optim_dir(run_key)
     if not folder.is_dir():
         return False
@@ -291,17 +303,37 @@ def load_optimizer_file(
     if not earlier:
         return False
     _, path = max(earlier)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        tensors, meta = read_safetensors(path, require_checksums=True)
         if meta.get("mask-version") != str(mask_version):
             return False
-        entries: dict[int, dict[str, Tensor]] = {}
-        for key in f.keys():  # noqa: SIM118
-            idx, name = key.split("/", 1)
-            entries.setdefault(int(idx), {})[name] = f.get_tensor(key)
-    _load_state(optimizer, entries, json.loads(meta["groups"]))
+        entries = _entries(optimizer, tensors)
+        groups = json.loads(meta.get("groups", ""))
+        _load_state(optimizer, entries, groups)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("saved optimiser state unusable, starting afresh: %s: %s", path, e)
+        return False
     logger.info("optimiser state of partition %d restored from round %s", partition, path.stem)
     return True
+
+
+def _entries(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]
+) -> dict[int, dict[str, Tensor]]:
+    """Per-parameter state from ``{index}/{name}`` tensors, checked against the parameters."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    entries: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        idx, _, name = key.partition("/")
+        if not idx.isdigit() or not name or int(idx) >= len(params):
+            raise ValueError(f"state entry {key!r} names no parameter of the optimiser")
+        shape = params[int(idx)].shape
+        if value.ndim and value.shape != shape:
+            raise ValueError(
+                f"state entry {key!r} has shape {tuple(value.shape)}, not {tuple(shape)}"
+            )
+        entries.setdefault(int(idx), {})[name] = value
+    return entries
 
 
 def _load_state(

@@ -11,7 +11,12 @@ The file is safetensors: for every tensor of the state dict that changed,
 ``indices/<name>`` (flat indices, int64 by default) and ``values/<name>``
 (the *fine-tuned* values, not differences, so applying is exact). Its
 metadata carries a format tag, the base model's name and content fingerprint,
-and the entry counts. Applying refuses a base with a different fingerprint.
+and the entry counts. Applying refuses a base with a different fingerprint,
+and checks the whole file before it writes anything: every metadata field,
+every tensor (a known floating-point entry of the model, its shape, integer
+indices within range and without duplicates, finite values of the right
+dtype) and the counts. A refused delta raises :class:`DeltaError` (a
+``ValueError``) with a one-line message naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +32,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .fileio import CorruptFileError, read_safetensors, save_safetensors_atomic
+
 __all__ = [
     "DELTA_FORMAT",
+    "DeltaError",
     "DeltaInfo",
     "apply_sparse_delta",
     "read_delta_info",
@@ -43,6 +52,12 @@ _RESERVED = ("format", "base_name", "base_fingerprint", "changed", "total", "sha
 _INDEX_DTYPES = {"int64": torch.int64, "int32": torch.int32}
 # Same-width integer views, to compare floats bit for bit (-0.0 vs 0.0, NaN payloads).
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+_COUNT = re.compile(r"0|[1-9][0-9]*")
+
+
+class DeltaError(CorruptFileError):
+    """A sparse delta file that cannot be applied; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -153,10 +168,10 @@ def save_sparse_delta(
     ------
     ValueError
         When the model's and the base's tensor names or shapes differ, on a
-        reserved or non-string metadata entry, or an unknown ``index_dtype``.
+        reserved or non-string metadata entry, an unknown ``index_dtype``, or
+        a changed entry that is not finite (NaN or infinite: no delta would
+        apply it).
     """
-    from safetensors.torch import save_file
-
     if index_dtype not in _INDEX_DTYPES:
         raise ValueError(
             f"index_dtype={index_dtype!r} is not allowed; choose one of {', '.join(_INDEX_DTYPES)}"
@@ -194,6 +209,10 @@ def save_sparse_delta(
         if index_dtype == "int32" and t.numel() > torch.iinfo(torch.int32).max:
             raise ValueError(f"{name}: {t.numel()} entries do not fit int32 indices")
         values = t.reshape(-1)[idx]
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(
+                f"{name}: the model has non-finite values where it differs from the base"
+            )
         # float64 keeps its precision; every narrower float is exact in float32.
         values = values if t.dtype == torch.float64 else values.to(torch.float32)
         tensors[f"indices/{name}"] = idx.to(_INDEX_DTYPES[index_dtype]).contiguous()
@@ -211,7 +230,7 @@ def save_sparse_delta(
         **extra,
     }
     path = Path(path)
-    save_file(tensors, str(path), metadata=meta)
+    save_safetensors_atomic(tensors, path, meta)
     info = DeltaInfo(
         path=path,
         changed=changed,
@@ -232,8 +251,30 @@ def save_sparse_delta(
     return info
 
 
+def _shapes(path: Path, text: str) -> list[tuple[str, tuple[int, ...]]]:
+    try:
+        shapes = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DeltaError(f"{path}: metadata 'shapes' is not JSON ({e})") from None
+    ok = isinstance(shapes, list) and all(
+        isinstance(entry, list)
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry[1])
+        for entry in shapes
+    )
+    if not ok:
+        raise DeltaError(f"{path}: metadata 'shapes' must be a list of [name, [dims...]]")
+    names = [entry[0] for entry in shapes]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise DeltaError(f"{path}: metadata 'shapes' lists {twice[0]!r} twice")
+    return [(name, tuple(dims)) for name, dims in shapes]
+
+
 def read_delta_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of a delta file (base name and fingerprint, counts, extras)."""
+    """The metadata of a delta file (base name and fingerprint, counts, extras), checked."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -243,14 +284,23 @@ def read_delta_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types for a corrupt header
-        raise ValueError(f"{path} is not a safetensors file ({e})") from None
+        raise DeltaError(f"{path} is not a safetensors file ({' '.join(str(e).split())})") from None
     if meta.get("format") != DELTA_FORMAT:
-        raise ValueError(f"{path} is not a fish-fl sparse delta (format {meta.get('format')!r})")
+        raise DeltaError(f"{path} is not a fish-fl sparse delta (format {meta.get('format')!r})")
+    for key in ("base_name", "base_fingerprint", "changed", "total", "shapes"):
+        if key not in meta:
+            raise DeltaError(f"{path}: metadata {key!r} is missing")
+    if not _FINGERPRINT.fullmatch(meta["base_fingerprint"]):
+        raise DeltaError(f"{path}: metadata 'base_fingerprint' is not 16 hex digits")
+    for key in ("changed", "total"):
+        if not _COUNT.fullmatch(meta[key]):
+            raise DeltaError(f"{path}: metadata {key!r} must be a whole number, got {meta[key]!r}")
+    _shapes(path, meta["shapes"])
     return meta
 
 
 def read_delta_info(path: str | Path) -> DeltaInfo:
-    """The :class:`DeltaInfo` of an existing delta file, from its metadata."""
+    """The :class:`DeltaInfo` of an existing delta file, from its (checked) metadata."""
     path = Path(path)
     meta = read_delta_metadata(path)
     total = int(meta["total"])
@@ -264,6 +314,33 @@ def read_delta_info(path: str | Path) -> DeltaInfo:
     )
 
 
+def _check_entry(path: Path, name: str, target: Tensor, idx: Tensor, values: Tensor) -> None:
+    """One tensor's indices and values: integer, 1-D, matched, in range, unique, finite."""
+    if idx.dtype not in _INDEX_DTYPES.values() or idx.ndim != 1:
+        raise DeltaError(
+            f"{path}: indices of {name} must be a 1-D int64 or int32 tensor, "
+            f"got {idx.ndim}-D {str(idx.dtype).removeprefix('torch.')}"
+        )
+    want = torch.float64 if target.dtype == torch.float64 else torch.float32
+    if values.dtype != want or values.shape != idx.shape:
+        raise DeltaError(
+            f"{path}: {name} has {tuple(idx.shape)} indices and {tuple(values.shape)} "
+            f"{str(values.dtype).removeprefix('torch.')} values; expected as many "
+            f"{str(want).removeprefix('torch.')} values as indices"
+        )
+    idx = idx.to(torch.int64)
+    if int(idx.min()) < 0 or int(idx.max()) >= target.numel():
+        raise DeltaError(f"{path}: an index of {name} is outside its {target.numel()} entries")
+    if torch.unique(idx).numel() != idx.numel():
+        raise DeltaError(f"{path}: {name} has duplicate indices")
+    if not bool(torch.isfinite(values.to(target.dtype)).all()):
+        raise DeltaError(
+            f"{path}: {name} has non-finite values (NaN or infinite in {target.dtype})".replace(
+                "torch.", ""
+            )
+        )
+
+
 def apply_sparse_delta(base_model: nn.Module, path: str | Path) -> nn.Module:
     """Write a delta's values into ``base_model``, in place, and return it.
 
@@ -274,13 +351,11 @@ def apply_sparse_delta(base_model: nn.Module, path: str | Path) -> nn.Module:
     ------
     ValueError
         When the model's fingerprint differs from the base the delta was made
-        from (naming the base and both fingerprints), when a stored tensor is
-        missing from the model or has another shape, or on a corrupt file.
+        from (naming the base and both fingerprints); :class:`DeltaError` on
+        anything wrong in the file (see the module docstring).
     FileNotFoundError
         When ``path`` does not exist.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     meta = read_delta_metadata(path)
     state = base_model.state_dict()
@@ -290,35 +365,39 @@ def apply_sparse_delta(base_model: nn.Module, path: str | Path) -> nn.Module:
             f"{path} was made from base {meta['base_name']!r} with fingerprint {expected}; "
             f"the given model has fingerprint {actual}"
         )
+    total = sum(t.numel() for t in state.values() if t.is_floating_point())
+    if int(meta["total"]) != total:
+        raise DeltaError(f"{path}: metadata 'total' is {meta['total']}, the model has {total}")
+    try:
+        tensors, _ = read_safetensors(path)
+    except CorruptFileError as e:
+        raise DeltaError(str(e)) from None
 
     # 1. Read and check everything.
+    shapes = _shapes(path, meta["shapes"])
+    listed = {f"{kind}/{name}" for name, _ in shapes for kind in ("indices", "values")}
+    unexpected = sorted(set(tensors) - listed)
+    if unexpected:
+        raise DeltaError(f"{path}: tensor {unexpected[0]!r} is not listed in its shapes")
     updates: list[tuple[Tensor, Tensor, Tensor]] = []
-    with safe_open(str(path), framework="pt") as f:
-        stored = set(f.keys())
-        for name, shape in json.loads(meta["shapes"]):
-            target = state.get(name)
-            if target is None or not target.is_floating_point():
-                raise ValueError(
-                    f"{path}: tensor {name!r} is not a floating-point entry of the model"
-                )
-            if list(target.shape) != list(shape):
-                raise ValueError(
-                    f"{path}: {name} has shape {tuple(shape)} in the delta, "
-                    f"{tuple(target.shape)} in the model"
-                )
-            if f"indices/{name}" not in stored or f"values/{name}" not in stored:
-                raise ValueError(f"{path}: indices or values of {name!r} are missing")
-            idx = f.get_tensor(f"indices/{name}").to(torch.int64)
-            values = f.get_tensor(f"values/{name}")
-            if idx.ndim != 1 or idx.shape != values.shape:
-                raise ValueError(
-                    f"{path}: {name} has {tuple(idx.shape)} indices but {tuple(values.shape)} values"
-                )
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= target.numel()):
-                raise ValueError(
-                    f"{path}: an index of {name} is outside its {target.numel()} entries"
-                )
-            updates.append((target, idx, values))
+    for name, shape in shapes:
+        target = state.get(name)
+        if target is None or not target.is_floating_point():
+            raise DeltaError(f"{path}: tensor {name!r} is not a floating-point entry of the model")
+        if tuple(target.shape) != shape:
+            raise DeltaError(
+                f"{path}: {name} has shape {shape} in the delta, {tuple(target.shape)} in the model"
+            )
+        if f"indices/{name}" not in tensors or f"values/{name}" not in tensors:
+            raise DeltaError(f"{path}: indices or values of {name!r} are missing")
+        idx, values = tensors[f"indices/{name}"], tensors[f"values/{name}"]
+        _check_entry(path, name, target, idx, values)
+        updates.append((target, idx.to(torch.int64), values))
+    changed = sum(int(idx.numel()) for _, idx, _ in updates)
+    if changed != int(meta["changed"]):
+        raise DeltaError(
+            f"{path}: metadata 'changed' is {meta['changed']}, the file holds {changed}"
+        )
 
     # 2. Write: state_dict tensors share storage with the model's parameters and buffers.
     with torch.no_grad():

@@ -344,9 +344,11 @@ def plot_distance_heatmap(
     """Write :func:`distance_heatmap_figure` to ``out`` (PNG, SVG or PDF by suffix)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    from .fileio import save_figure_atomic
+
     fig = distance_heatmap_figure(distances, metric)
     FigureCanvasAgg(fig)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    save_figure_atomic(fig, out, dpi=120)
     return out

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .fileio import save_figure_atomic
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -385,7 +387,7 @@ def plot_accuracy_vs_communication(
     fig = accuracy_vs_communication_figure(runs, x=x, metric=metric)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
+    save_figure_atomic(fig, out, dpi=150)
     logger.info("wrote %s (%d runs)", out, len(runs))
     return out
 

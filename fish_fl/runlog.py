@@ -11,20 +11,22 @@ Layout::
     delta.safetensors   the trained model as a sparse delta from the base
 
 Each metrics line is flushed as soon as its round ends, so a crashed run keeps
-every completed round.
+every completed round. Every file is strict JSON (a NaN or infinite metric is
+written as ``null``) and every file but ``metrics.jsonl``, which is appended
+to, is replaced atomically (:mod:`fish_fl.fileio`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from .config import RunConfig
+from .fileio import dumps_strict, finite_or_none, write_json_atomic, write_text_atomic
 from .masks import Mask
 from .methods import method_class
 
@@ -39,12 +41,6 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"  # pragma: no cover
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 class RunRecorder:
@@ -87,10 +83,10 @@ class RunRecorder:
         self.stream = stream
         self.rows: list[dict[str, Any]] = []
         self.mask_stats: dict[str, Any] = {}
-        _write_json(self.dir / "config.json", config.to_dict())
+        write_json_atomic(self.dir / "config.json", config.to_dict())
         self.metrics_path = self.dir / "metrics.jsonl"
         if not resume:
-            self.metrics_path.write_text("")
+            write_text_atomic(self.metrics_path, "")
         self._header_printed = False
         # A method may add columns of its own (see SparseMethod.log_columns).
         self.method = method_class(config.mask_method)
@@ -114,15 +110,17 @@ class RunRecorder:
                     if row.get("round", rnd + 1) <= rnd:
                         rows.append(row)
         self.rows = rows
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.metrics_path)
+        write_text_atomic(
+            self.metrics_path, "".join(dumps_strict(r, sort_keys=True) + "\n" for r in rows)
+        )
         stats_path = self.dir / "mask_stats.json"
         if stats_path.is_file():
-            stats = json.loads(stats_path.read_text())
+            try:
+                stats = json.loads(stats_path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{stats_path} is not valid JSON ({e})") from None
             self.mask_stats = {v: s for v, s in stats.items() if int(v) <= mask_version}
-            _write_json(stats_path, self.mask_stats)
+            write_json_atomic(stats_path, self.mask_stats)
         if mask is not None and str(mask_version) in self.mask_stats:
             method = self.mask_stats[str(mask_version)]["method"]
             mask.save(
@@ -134,10 +132,14 @@ class RunRecorder:
 
     # -- per round -----------------------------------------------------------
     def log_round(self, row: dict[str, Any]) -> None:
-        """Append one round's metrics line and print its table row."""
+        """Append one round's metrics line and print its table row.
+
+        A non-finite number (a diverged loss) is logged as ``null``.
+        """
+        row = finite_or_none(row)
         self.rows.append(row)
         with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.write(dumps_strict(row, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self._print_row(row)
@@ -190,7 +192,7 @@ class RunRecorder:
                 for s in mask.block_stats()
             ],
         }
-        _write_json(self.dir / "mask_stats.json", self.mask_stats)
+        write_json_atomic(self.dir / "mask_stats.json", self.mask_stats)
         mask.save(
             self.dir / "mask.safetensors", metadata={"version": str(version), "method": method}
         )
@@ -213,9 +215,6 @@ class RunRecorder:
                 "score": best["score"],
             }
         summary["rounds"] = max((r["round"] for r in self.rows), default=0)
-        summary = {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in summary.items()
-        }
-        _write_json(self.dir / "summary.json", summary)
+        summary = finite_or_none(summary)
+        write_json_atomic(self.dir / "summary.json", summary)
         return summary

@@ -11,7 +11,6 @@ later failure keeps the rounds written and says why in ``failure.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -23,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fish_fl.checkpoint import save_sparse_delta
 from fish_fl.config import RunConfig
+from fish_fl.fileio import write_json_atomic
 from fish_fl.models import resolve_device
 from fish_fl.runlog import RunRecorder
 from fish_fl.task import build_base_model, build_task_model, evaluate_model, load_task_data
@@ -108,7 +108,7 @@ def _run_server(grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool) -
         strategy.start(grid)
     except RunFailed as e:
         # Keep the rounds already written; say why the run stopped, for the caller.
-        (run_dir / FAILURE).write_text(json.dumps({"reason": str(e)}) + "\n")
+        write_json_atomic(run_dir / FAILURE, {"reason": str(e)}, indent=None)
         logger.error("run failed: %s", e)
         raise
     # The trained model as a sparse delta from the base every node started from.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,11 +58,12 @@ def _float_state(model: nn.Module) -> dict[str, Tensor]:
 def test_round_trip_is_bit_exact(tmp_path: Path) -> None:
     base = _base()
     tuned, changed = _fine_tune(base, 0.05)
-    # Corner cases a float comparison would miss: -0.0 over 0.0, and a NaN.
+    # Corner cases a float comparison would miss: -0.0 over 0.0, and a NaN in the base.
     with torch.no_grad():
         tuned.get_parameter("fc.bias")[0] = -0.0
         base.get_parameter("fc.bias")[0] = 0.0
-        tuned.get_parameter("fc.bias")[1] = float("nan")
+        base.get_parameter("fc.bias")[1] = float("nan")
+        tuned.get_parameter("fc.bias")[1] = 0.5
     changed["fc.bias"] = torch.unique(torch.cat([changed["fc.bias"], torch.tensor([0, 1])]))
 
     path = tmp_path / "delta.safetensors"
@@ -88,7 +91,7 @@ def test_round_trip_is_bit_exact(tmp_path: Path) -> None:
     assert restored is base
     want = _float_state(tuned)
     for name, t in _float_state(restored).items():
-        # Bit for bit, so -0.0 and NaN count too.
+        # Bit for bit, so -0.0 counts too.
         assert torch.equal(t.view(torch.int32), want[name].view(torch.int32)), name
         unchanged = torch.ones(t.numel(), dtype=torch.bool)
         unchanged[changed[name]] = False
@@ -204,3 +207,223 @@ def test_round_trip_in_other_float_dtypes(tmp_path: Path, dtype: torch.dtype) ->
     restored = apply_sparse_delta(copy.deepcopy(base), path)
     for a, b in zip(restored.parameters(), tuned.parameters(), strict=True):
         assert a.dtype == dtype and torch.equal(a, b)
+
+
+# -- crafted bad deltas: each refused in one line before anything is written ------------------
+Tensors = dict[str, Tensor]
+Meta = dict[str, str]
+
+
+def _good_delta(path: Path) -> tuple[nn.Module, nn.Module]:
+    """A base, a fine-tuned copy, and the delta between them at ``path`` (naming a run)."""
+    from fish_fl.config import RunConfig
+
+    base = _base()
+    tuned, _ = _fine_tune(base, 0.2)
+    save_sparse_delta(
+        tuned, base, path, base_name="tiny", metadata={"run-config": RunConfig().to_json()}
+    )
+    return base, tuned
+
+
+def _edit(name: str, change: Callable[[Tensor], Tensor]) -> Callable[[Tensors, Meta], None]:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        tensors[name] = change(tensors[name].clone()).contiguous()
+
+    return edit
+
+
+def _at(i: int, value: float) -> Callable[[Tensor], Tensor]:
+    def change(t: Tensor) -> Tensor:
+        t[i] = value
+        return t
+
+    return change
+
+
+def _twice(t: Tensor) -> Tensor:
+    t[1] = t[0]
+    return t
+
+
+def _meta(key: str, value: str | Callable[[str], str] | None) -> Callable[[Tensors, Meta], None]:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        if value is None:
+            del meta[key]
+        else:
+            meta[key] = value(meta[key]) if callable(value) else value
+
+    return edit
+
+
+def _shapes_edit(change: Callable[[list[list[object]]], None]) -> Callable[[Tensors, Meta], None]:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        shapes = json.loads(meta["shapes"])
+        change(shapes)
+        meta["shapes"] = json.dumps(shapes)
+
+    return edit
+
+
+def _transpose_fc(shapes: list[list[object]]) -> None:
+    for entry in shapes:
+        if entry[0] == "fc.weight":
+            entry[1] = [8, 5]
+
+
+def _rename(old: str, new: str) -> Callable[[Tensors, Meta], None]:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        for kind in ("indices", "values"):
+            tensors[f"{kind}/{new}"] = tensors.pop(f"{kind}/{old}")
+        shapes = json.loads(meta["shapes"])
+        for entry in shapes:
+            if entry[0] == old:
+                entry[0] = new
+        meta["shapes"] = json.dumps(shapes)
+
+    return edit
+
+
+def _add_tensor(tensors: Tensors, meta: Meta) -> None:
+    tensors["values/stowaway"] = torch.zeros(2)
+
+
+def _drop_values(tensors: Tensors, meta: Meta) -> None:
+    del tensors["values/fc.bias"]
+
+
+def _list_twice(shapes: list[list[object]]) -> None:
+    shapes.append(list(shapes[-1]))
+
+
+BAD_DELTAS = [
+    ("nan-value", _edit("values/fc.weight", _at(0, float("nan"))), "fc.weight has non-finite"),
+    ("inf-value", _edit("values/fc.bias", _at(0, float("inf"))), "fc.bias has non-finite"),
+    ("duplicate-index", _edit("indices/fc.weight", _twice), "fc.weight has duplicate indices"),
+    (
+        "float-indices",
+        _edit("indices/fc.weight", lambda t: t.float()),
+        "indices of fc.weight must be a 1-D int64 or int32 tensor, got 1-D float32",
+    ),
+    (
+        "index-past-the-end",
+        _edit("indices/fc.weight", _at(-1, 40)),
+        "an index of fc.weight is outside its 40 entries",
+    ),
+    ("negative-index", _edit("indices/fc.bias", _at(0, -1)), "an index of fc.bias is outside"),
+    ("indices-2d", _edit("indices/fc.weight", lambda t: t.view(1, -1)), "got 2-D int64"),
+    ("values-short", _edit("values/fc.weight", lambda t: t[:-1]), "expected as many float32"),
+    ("values-float64", _edit("values/fc.weight", lambda t: t.double()), "float64 values"),
+    ("values-int", _edit("values/fc.bias", lambda t: t.to(torch.int32)), "int32 values"),
+    (
+        "wrong-shape",
+        _shapes_edit(_transpose_fc),
+        "fc.weight has shape (8, 5) in the delta, (5, 8) in the model",
+    ),
+    ("changed-count", _meta("changed", lambda v: str(int(v) + 1)), "metadata 'changed' is"),
+    ("changed-text", _meta("changed", "many"), "'changed' must be a whole number, got 'many'"),
+    ("total-count", _meta("total", lambda v: str(int(v) - 1)), "metadata 'total' is"),
+    (
+        "unknown-name",
+        _rename("fc.weight", "fc.gamma"),
+        "tensor 'fc.gamma' is not a floating-point entry of the model",
+    ),
+    (
+        "integer-buffer",
+        _rename("bn1.running_var", "bn1.num_batches_tracked"),
+        "'bn1.num_batches_tracked' is not a floating-point entry",
+    ),
+    ("unlisted-tensor", _add_tensor, "tensor 'values/stowaway' is not listed in its shapes"),
+    ("missing-values", _drop_values, "indices or values of 'fc.bias' are missing"),
+    ("shapes-not-json", _meta("shapes", "[[fc"), "metadata 'shapes' is not JSON"),
+    ("shapes-twice", _shapes_edit(_list_twice), "twice"),
+    ("no-fingerprint", _meta("base_fingerprint", None), "'base_fingerprint' is missing"),
+]
+
+
+@pytest.mark.parametrize(("edit", "words"), [pytest.param(e, w, id=i) for i, e, w in BAD_DELTAS])
+def test_a_crafted_bad_delta_is_refused_before_anything_is_written(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    edit: Callable[[Tensors, Meta], None],
+    words: str,
+) -> None:
+    from sims.commands import export
+
+    good = tmp_path / "good.safetensors"
+    base, _ = _good_delta(good)
+    with safe_open(str(good), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = dict(f.metadata())
+    edit(tensors, meta)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+
+    before = _float_state(base)
+    with pytest.raises(ValueError) as err:
+        apply_sparse_delta(base, bad)
+    message = str(err.value)
+    assert words in message and str(bad) in message and "\n" not in message, message
+    assert all(torch.equal(t, before[n]) for n, t in _float_state(base).items())
+
+    # `fish-fl apply` stops at the same check and leaves no output behind.
+    monkeypatch.setattr(export, "_base_model", lambda config, name=None: _base())
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=re.escape(words)):
+        export.apply_command(bad, out)
+    assert not out.exists()
+
+
+def test_a_truncated_delta_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "delta.safetensors"
+    base, _ = _good_delta(path)
+    path.write_bytes(path.read_bytes()[:-16])
+    with pytest.raises(ValueError, match="is not a safetensors file") as err:
+        apply_sparse_delta(base, path)
+    assert "\n" not in str(err.value)
+
+
+def test_saving_a_non_finite_change_is_refused(tmp_path: Path) -> None:
+    base = _base()
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        tuned.get_parameter("fc.bias")[2] = float("inf")
+    with pytest.raises(ValueError, match="fc.bias: the model has non-finite values"):
+        save_sparse_delta(tuned, base, tmp_path / "d.safetensors", base_name="b")
+    assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_cli_apply_writes_a_good_delta_bit_exactly_and_refuses_a_bad_one_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from safetensors.torch import load_file
+
+    from sims import cli
+    from sims.commands import export
+
+    good = tmp_path / "delta.safetensors"
+    _, tuned = _good_delta(good)
+    monkeypatch.setattr(export, "_base_model", lambda config, name=None: _base())
+    monkeypatch.setattr(sys, "argv", ["fish-fl", "apply", str(good), "--out", str(tmp_path / "m")])
+    cli.main()
+    written = load_file(str(tmp_path / "m" / "model.safetensors"))
+    want = tuned.state_dict()
+    assert written.keys() == want.keys()
+    for name, t in written.items():
+        assert torch.equal(t.view(-1).view(torch.uint8), want[name].reshape(-1).view(torch.uint8))
+    capsys.readouterr()
+
+    with safe_open(str(good), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = dict(f.metadata())
+    tensors["values/fc.weight"][3] = float("nan")
+    save_file(tensors, str(good), metadata=meta)
+    monkeypatch.setattr(sys, "argv", ["fish-fl", "apply", str(good), "--out", str(tmp_path / "n")])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fish-fl: error:") and "non-finite" in err[0]
+    assert not (tmp_path / "n").exists()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from fish_fl import protocol as P
 from fish_fl.runlog import RunRecorder
+from strategies.fish_strategy import FishMaskStrategy
 from strategies.state import CHECKPOINT, read_checkpoint_round
 
 from .flower_harness import InProcessGrid, make_strategy, tiny_vision_config
@@ -123,24 +126,27 @@ def test_resumed_run_ends_like_an_uninterrupted_one(
 def test_checkpoint_write_is_atomic(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A crash while writing round 2's checkpoint leaves round 1's readable."""
-    import strategies.state as state
+    """A crash while writing round 2's checkpoint leaves round 1's readable, and no temporary."""
+    import os
+
+    import fish_fl.fileio as fileio
 
     config = tiny_vision_config(shared_data, rounds=2)
     path = tmp_path / CHECKPOINT
     strategy = make_strategy(config, None, path)
-    original = state._commit
+    original = os.replace
 
-    def dies_half_way(tmp: Path, target: Path) -> None:
-        if read_checkpoint_round(tmp) == 2:
-            tmp.write_bytes(tmp.read_bytes()[:100])  # the write was cut short
+    def dies_half_way(tmp: str | Path, target: str | Path) -> None:
+        if Path(target) == path and read_checkpoint_round(Path(tmp)) == 2:
+            Path(tmp).write_bytes(Path(tmp).read_bytes()[:100])  # the write was cut short
             raise Crash("killed while writing")
         original(tmp, target)
 
-    monkeypatch.setattr(state, "_commit", dies_half_way)
+    monkeypatch.setattr(fileio.os, "replace", dies_half_way)
     with pytest.raises(Crash):
         strategy.start(InProcessGrid(2))
     assert read_checkpoint_round(path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
 
 
 def test_resume_refuses_another_initial_model(shared_data: Path, tmp_path: Path) -> None:
@@ -155,7 +161,7 @@ def test_resume_refuses_another_initial_model(shared_data: Path, tmp_path: Path)
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / CHECKPOINT
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
         read_checkpoint_round(bad)
 
 
@@ -229,3 +235,387 @@ def test_killed_simulation_resumes_to_the_same_end(shared_data: Path, tmp_path: 
     # Resuming a finished run is refused in one line.
     again = cli("run", "--resume", str(run_dir))
     assert again.returncode == 1 and "all 4 rounds are done" in again.stderr
+
+
+# -- corrupt checkpoints: refused in one line, before anything is restored ------------------
+def _raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A checkpoint's tensors and metadata, read without any check."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())  # noqa: SIM118
+
+
+def _write(
+    path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str], *, sign: bool = True
+) -> None:
+    """Write a (crafted) checkpoint; ``sign``: with fresh checksums, so only the craft is wrong."""
+    from safetensors.torch import save_file
+
+    from fish_fl.fileio import CHECKSUMS, save_safetensors_atomic
+
+    meta = {k: v for k, v in meta.items() if k != CHECKSUMS}
+    if sign:
+        save_safetensors_atomic(tensors, path, meta, checksums=True)
+    else:
+        save_file(tensors, str(path), metadata=meta)
+
+
+def _data_span(path: Path, name: str) -> tuple[int, int]:
+    """Where tensor ``name``'s bytes are in a safetensors file."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    start, end = json.loads(data[8 : 8 + n])[name]["data_offsets"]
+    return 8 + n + start, 8 + n + end
+
+
+@pytest.fixture(scope="module")
+def made_checkpoint(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Round 2 of a run with a dense warm-up: all three plans (current, base, previous)."""
+    config = tiny_vision_config(shared_data, rounds=2, warmup_rounds=1)
+    run_dir = tmp_path_factory.mktemp("made")
+    RunRecorder(run_dir, config, stream=None)  # config.json, for the command line
+    make_strategy(config, None, run_dir / CHECKPOINT).start(InProcessGrid(2))
+    tensors, _ = _raw(run_dir / CHECKPOINT)
+    assert {"plan/current/union", "plan/base/union", "plan/prev/union"} <= tensors.keys()
+    return run_dir / CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def fresh_strategy(shared_data: Path) -> FishMaskStrategy:
+    """A new server for the same run, to resume into (every refused load must leave it so)."""
+    return make_strategy(tiny_vision_config(shared_data, rounds=2, warmup_rounds=1), None, None)
+
+
+Tensors = dict[str, torch.Tensor]
+Meta = dict[str, str]
+Edit = Callable[[Tensors, Meta], None]
+
+
+def _edit_state(change: Callable[[dict[str, Any]], object]) -> Edit:
+    """An edit of the ``state`` JSON of the metadata."""
+
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        state = json.loads(meta["state"])
+        change(state)
+        meta["state"] = json.dumps(state)
+
+    return edit
+
+
+def _set(name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> Edit:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        tensors[name] = make(tensors[name]).contiguous()
+
+    return edit
+
+
+def _drop_tensor(name: str) -> Edit:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        del tensors[name]
+
+    return edit
+
+
+def _drop_meta(name: str) -> Edit:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        del meta[name]
+
+    return edit
+
+
+def _set_meta(name: str, value: str) -> Edit:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        meta[name] = value
+
+    return edit
+
+
+def _add_junk(tensors: Tensors, meta: Meta) -> None:
+    tensors["junk"] = torch.zeros(3)
+
+
+def _shift_position(t: torch.Tensor) -> torch.Tensor:
+    out = t.clone()
+    out[0] = out[1]  # slot 0's first entry now points at its second's place in the union
+    return out
+
+
+def _index_outside(t: torch.Tensor) -> torch.Tensor:
+    out = t.clone()
+    out[-1] = 10**9
+    return out
+
+
+def _index_twice(t: torch.Tensor) -> torch.Tensor:
+    out = t.clone()
+    out[1] = out[0]
+    return out
+
+
+def _position_outside(t: torch.Tensor) -> torch.Tensor:
+    out = t.clone()
+    out[-1] = 10**9
+    return out
+
+
+def _another_base_fingerprint(state: dict[str, Any]) -> None:
+    state["base_fingerprint"] = "0123456789abcdef"
+
+
+def _bad_ledger_round(state: dict[str, Any]) -> None:
+    state["ledger"]["rounds"][0]["bytes_up"] = "lots"
+
+
+def _short_rng(state: dict[str, Any]) -> None:
+    state["rng"][1] = state["rng"][1][:100]
+
+
+# (id, edit of (tensors, metadata), words the message must hold, refused by reading alone)
+CORRUPTIONS = [
+    ("no-state", _drop_meta("state"), "metadata entry 'state' is missing", True),
+    ("state-not-json", _set_meta("state", "{round: 2"), "'state' is not JSON", True),
+    ("state-a-list", _set_meta("state", "[2]"), "'state' is not a JSON object", True),
+    ("no-rng", _edit_state(lambda s: s.pop("rng")), "field 'rng' is missing", True),
+    ("short-rng", _edit_state(_short_rng), "'rng' is not a random generator's state", True),
+    ("no-round", _edit_state(lambda s: s.pop("round")), "field 'round' is missing", True),
+    (
+        "round-text",
+        _edit_state(lambda s: s.update(round="2")),
+        "'round' must be a whole number >= 0, got '2'",
+        True,
+    ),
+    (
+        "round-negative",
+        _edit_state(lambda s: s.update(round=-1)),
+        "'round' must be a whole number",
+        True,
+    ),
+    ("phase", _edit_state(lambda s: s.update(phase="warm")), "'phase' must be one of", True),
+    (
+        "run-key",
+        _edit_state(lambda s: s.update(run_key="../x")),
+        "'run_key' must be letters and digits",
+        True,
+    ),
+    ("elapsed-nan", _edit_state(lambda s: s.update(elapsed=float("nan"))), "'elapsed'", True),
+    ("ledger", _edit_state(_bad_ledger_round), "ledger round 1 has a bad count", True),
+    ("no-values", _drop_tensor("values"), "tensor 'values' is missing", True),
+    ("no-model-index", _drop_tensor("model/index"), "tensor 'model/index' is missing", True),
+    (
+        "index-float",
+        _set("model/index", lambda t: t.float()),
+        "'model/index' must be 1-D int64, got 1-D float32",
+        True,
+    ),
+    (
+        "value-2d",
+        _set("model/value", lambda t: t.view(1, -1)),
+        "'model/value' must be 1-D float32, got 2-D float32",
+        True,
+    ),
+    ("value-short", _set("model/value", lambda t: t[:-1]), "model/index has", True),
+    ("index-outside", _set("model/index", _index_outside), "outside the model's", True),
+    ("index-twice", _set("model/index", _index_twice), "not strictly increasing", True),
+    (
+        "position-outside",
+        _set("plan/current/pos0", _position_outside),
+        "plan/current/pos0 points outside the union's",
+        True,
+    ),
+    (
+        "position-wrong",
+        _set("plan/current/pos0", _shift_position),
+        "does not point at slot 0's entries",
+        True,
+    ),
+    ("position-missing", _drop_tensor("plan/base/pos0"), "unmatched parts (pos0)", True),
+    (
+        "union-not-a-mask",
+        _set("plan/current/union", lambda t: t[:-3]),
+        "'plan/current/union' is not a mask",
+        True,
+    ),
+    ("values-short", _set("values", lambda t: t[:-1]), "plan 'current' has", True),
+    ("unexpected-tensor", _add_junk, "unexpected tensor 'junk'", True),
+    ("format-other", _set_meta("format", "something/1"), "not a fish-fl server checkpoint", True),
+    # Checked against the model: the sizes, and the base the values imply.
+    (
+        "buffers-short",
+        _set("model/buffers", lambda t: t[:-1]),
+        "model/buffers has",
+        False,
+    ),
+    (
+        "base-fingerprint",
+        _edit_state(_another_base_fingerprint),
+        "do not give the base fingerprint it records",
+        False,
+    ),
+    (
+        "ledger-numel",
+        _edit_state(lambda s: s["ledger"].update(model_numel=7)),
+        "its ledger counts 7 parameters",
+        False,
+    ),
+    (
+        "initial-model",
+        _edit_state(lambda s: s.update(initial_fingerprint="0123456789abcdef")),
+        "another initial model",
+        False,
+    ),
+]
+
+
+def _assert_untouched(strategy: FishMaskStrategy) -> None:
+    state = strategy.state
+    assert torch.equal(P.flat_parameters(state.model), state.initial_flat)
+    assert state.plan is None and state.mask_version == 0 and state.ledger.rounds == []
+
+
+def _refused(call: Callable[[], object], path: Path, words: str) -> None:
+    with pytest.raises(ValueError) as err:
+        call()
+    message = str(err.value)
+    assert words in message, message
+    assert "\n" not in message and str(path) in message, message
+
+
+@pytest.mark.parametrize(
+    ("edit", "words", "early"),
+    [pytest.param(e, w, early, id=i) for i, e, w, early in CORRUPTIONS],
+)
+def test_a_corrupt_checkpoint_is_refused_in_one_line(
+    made_checkpoint: Path,
+    fresh_strategy: FishMaskStrategy,
+    tmp_path: Path,
+    edit: Edit,
+    words: str,
+    early: bool,
+) -> None:
+    tensors, meta = _raw(made_checkpoint)
+    edit(tensors, meta)
+    bad = tmp_path / CHECKPOINT
+    _write(bad, tensors, meta)
+    _refused(lambda: fresh_strategy.resume(bad), bad, words)
+    _assert_untouched(fresh_strategy)
+    if early:  # `fish-fl run --resume` refuses it before starting a simulation
+        _refused(lambda: read_checkpoint_round(bad), bad, words)
+    else:
+        assert read_checkpoint_round(bad) == 2
+
+
+def _flip_value_bit(path: Path) -> None:
+    start, end = _data_span(path, "model/value")
+    data = bytearray(path.read_bytes())
+    data[(start + end) // 2] ^= 0x04  # a low mantissa bit of one trained weight
+    path.write_bytes(bytes(data))
+
+
+def _flip_round_bit(path: Path) -> None:
+    data = path.read_bytes()
+    before = b'"state":"{\\"round\\": 2,'
+    assert data.count(before) == 1
+    path.write_bytes(data.replace(before, before.replace(b"2", b"3")))  # '2' -> '3': one bit
+
+
+def _drop_rng(path: Path) -> None:
+    tensors, meta = _raw(path)
+    _edit_state(lambda s: s.pop("rng"))(tensors, meta)
+    _write(path, tensors, meta)
+
+
+def _unsigned(path: Path) -> None:
+    _write(path, *_raw(path), sign=False)
+
+
+def _old_format(path: Path) -> None:
+    tensors, meta = _raw(path)
+    _write(path, tensors, {**meta, "format": "fish-fl-server-state/1"}, sign=False)
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        pytest.param(_flip_value_bit, "tensor 'model/value' does not match its checksum", id="bit"),
+        pytest.param(_flip_round_bit, "the metadata does not match its checksum", id="meta-bit"),
+        pytest.param(
+            lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size * 2 // 3]),
+            "not a readable safetensors file",
+            id="truncated",
+        ),
+        pytest.param(
+            lambda p: p.write_bytes(b"PK\x03\x04 a zip file"),
+            "not a readable safetensors file",
+            id="not-safetensors",
+        ),
+        pytest.param(lambda p: p.write_bytes(b""), "not a readable safetensors file", id="empty"),
+        pytest.param(_unsigned, "has no checksums", id="no-checksums"),
+        pytest.param(
+            _old_format,
+            "format fish-fl-server-state/1, this version reads fish-fl-server-state/2 only",
+            id="old-format",
+        ),
+    ],
+)
+def test_a_damaged_checkpoint_file_is_refused_in_one_line(
+    made_checkpoint: Path,
+    fresh_strategy: FishMaskStrategy,
+    tmp_path: Path,
+    damage: Callable[[Path], object],
+    words: str,
+) -> None:
+    bad = tmp_path / CHECKPOINT
+    bad.write_bytes(made_checkpoint.read_bytes())
+    damage(bad)
+    _refused(lambda: read_checkpoint_round(bad), bad, words)
+    _refused(lambda: fresh_strategy.resume(bad), bad, words)
+    _assert_untouched(fresh_strategy)
+
+
+def test_a_rewritten_sound_checkpoint_still_resumes(
+    shared_data: Path, made_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The crafted files above differ from a good one only in what each case changes."""
+    copy = tmp_path / CHECKPOINT
+    _write(copy, *_raw(made_checkpoint))
+    strategy = make_strategy(tiny_vision_config(shared_data, rounds=2, warmup_rounds=1))
+    assert strategy.resume(copy) == 2
+    assert strategy.plan is not None and strategy.mask_version == 2
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        pytest.param(_flip_value_bit, "does not match its checksum", id="bit"),
+        pytest.param(_drop_rng, "field 'rng' is missing", id="no-rng"),
+    ],
+)
+def test_cli_resume_of_a_corrupt_checkpoint_is_one_line(
+    made_checkpoint: Path,
+    tmp_path: Path,
+    project_root: Path,
+    damage: Callable[[Path], object],
+    words: str,
+) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(made_checkpoint.parent, run_dir)
+    damage(run_dir / CHECKPOINT)
+    result = subprocess.run(
+        [sys.executable, "-m", "sims.cli", "run", "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=project_root,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fish-fl: error:"), result.stderr
+    assert words in lines[0] and str(run_dir / CHECKPOINT) in lines[0]
+    assert result.stdout == ""

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fish_fl.data.glue import get_task, read_glue_tsv
+from fish_fl.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def default_sample_dir() -> Path:
 
 
 def _write_jsonl(path: Path, sentences: list[str], labels: list[int]) -> None:
-    with path.open("w", encoding="utf-8", newline="\n") as handle:
+    with atomic_write(path, "w", encoding="utf-8") as handle:
         for sentence, label in zip(sentences, labels, strict=True):
             handle.write(
                 json.dumps({"sentence": sentence, "label": int(label)}, ensure_ascii=False) + "\n"

@@ -392,8 +392,8 @@ class Mask:
 
     # -- files ------------------------------------------------------------------
     def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
-        """Save as safetensors: one int64 index tensor per parameter, shapes in metadata."""
-        from safetensors.torch import save_file
+        """Save as safetensors (atomically): one int64 index tensor per parameter, shapes in metadata."""
+        from ..fileio import save_safetensors_atomic
 
         tensors = {f"indices/{n}": idx.contiguous() for n, idx in self.indices.items()}
         meta = {
@@ -403,7 +403,7 @@ class Mask:
             "k": str(self.k),
             **(metadata or {}),
         }
-        save_file(tensors, str(path), metadata=meta)
+        save_safetensors_atomic(tensors, path, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> Mask:

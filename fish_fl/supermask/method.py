@@ -36,6 +36,7 @@ from .. import protocol as P
 from ..aggregate import aggregate_updates
 from ..codec import UpdateCodec
 from ..federation.wire import ArrayView, decode_array
+from ..fileio import write_json_atomic
 from ..masks import Mask
 from ..methods import SparseMethod, TrainReply, register_method
 from ..training import SparseParameters
@@ -330,7 +331,7 @@ class SupermaskMethod(SparseMethod):
             "sampled_metrics": report.sampled,
             "layers": [dataclasses.asdict(layer) for layer in report.layers],
         }
-        (Path(run_dir) / "supermask.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(Path(run_dir) / "supermask.json", summary, sort_keys=False)
         # The deployable model: the most likely binary mask laid over the weights.
         return model.materialize(model.masks("threshold")), {"supermask": summary}
 

@@ -83,10 +83,12 @@ def apply_command(
         typer.Option(help="Base model name or folder (default: the one the delta names)."),
     ] = None,
 ) -> None:
-    """Rebuild the full fine-tuned model from a delta and its base; refuse a wrong base."""
-    from safetensors.torch import save_file
+    """Rebuild the full fine-tuned model from a delta and its base; refuse a wrong base or a bad delta.
 
+    The delta is checked whole before anything is written.
+    """
     from fish_fl.checkpoint import apply_sparse_delta
+    from fish_fl.fileio import save_safetensors_atomic
 
     if not delta.is_file():
         raise FileNotFoundError(f"delta file not found: {delta}")
@@ -97,5 +99,5 @@ def apply_command(
         save_pretrained(str(out))
     else:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(out / "model.safetensors"))
+        save_safetensors_atomic(state, out / "model.safetensors")
     typer.echo(f"wrote the fine-tuned model to {out}")

@@ -102,11 +102,11 @@ def prune_and_evaluate(
         )
     metrics = evaluate_model(model, data.eval_loader(), data.metric_task, device)
     if save is not None:
-        from safetensors.torch import save_file
+        from fish_fl.fileio import save_safetensors_atomic
 
         save.parent.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}, str(save)
+        save_safetensors_atomic(
+            {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}, save
         )
     return {
         "steps": stats.steps,

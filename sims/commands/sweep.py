@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import re
 import shutil
 import statistics
@@ -43,6 +42,7 @@ from typing import Annotated, Any
 import typer
 
 from fish_fl.config import RunConfig, parse_override
+from fish_fl.fileio import dumps_strict, save_figure_atomic, write_text_atomic
 from fish_fl.methods import method_class, trains
 from fish_fl.plots import RunFolderError, RunRecord, load_run
 
@@ -803,11 +803,12 @@ def write_summary(
         try:
             fig = accuracy_vs_communication_figure(curves)
             fig.axes[0].set_title(f"{experiment.name}: {fig.axes[0].get_title()} (mean over seeds)")
-            fig.savefig(root / "accuracy_vs_communication.png", dpi=150)
+            save_figure_atomic(fig, root / "accuracy_vs_communication.png", dpi=150)
             plot_name = "accuracy_vs_communication.png"
         except ValueError as e:
             logger.warning("no plot: %s", e)
-    (root / "summary.md").write_text(
+    write_text_atomic(
+        root / "summary.md",
         format_summary(
             experiment,
             summaries,
@@ -830,16 +831,9 @@ def write_summary(
         "labels": [s.to_dict() for s in summaries],
         "missing": missing,
     }
-    (root / "summary.json").write_text(
-        json.dumps(data, indent=2, allow_nan=False, default=_no_nan), encoding="utf-8"
-    )
+    # Strict JSON: a non-finite number is null; anything not JSON is written as text.
+    write_text_atomic(root / "summary.json", dumps_strict(data, indent=2, default=str))
     return summaries
-
-
-def _no_nan(value: Any) -> Any:  # pragma: no cover - json calls this for unknown types only
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
 
 
 # ------------------------------------------------------------------------------

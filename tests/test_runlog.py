@@ -1,0 +1,76 @@
+"""The run folder's files are valid JSON, whatever a round reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fish_fl.config import RunConfig
+from fish_fl.masks import Mask
+from fish_fl.runlog import RunRecorder
+
+
+def _strict(text: str) -> Any:
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _lines(path: Path) -> list[Any]:
+    return [_strict(line) for line in path.read_text().splitlines()]
+
+
+def test_non_finite_metrics_are_logged_as_null(tmp_path: Path) -> None:
+    recorder = RunRecorder(tmp_path, RunConfig(), stream=None)
+    recorder.log_round({"round": 0, "score": 0.5, "train_loss": None})
+    recorder.log_round(
+        {
+            "round": 1,
+            "score": float("nan"),
+            "metric": "accuracy",
+            "train_loss": float("nan"),
+            "eval": {"loss": float("inf"), "accuracy": 0.75},
+            "norms": [1.0, float("-inf")],
+        }
+    )
+    rows = _lines(tmp_path / "metrics.jsonl")
+    assert rows[1] == {
+        "round": 1,
+        "score": None,
+        "metric": "accuracy",
+        "train_loss": None,
+        "eval": {"loss": None, "accuracy": 0.75},
+        "norms": [1.0, None],
+    }
+
+    # A resumed folder rewrites the kept lines; they stay valid.
+    again = RunRecorder(tmp_path, RunConfig(), stream=None, resume=True)
+    again.restore(1, None, 0)
+    assert _lines(tmp_path / "metrics.jsonl") == rows
+
+    # The summary: a NaN score is not a best round, nested non-finite values are null.
+    summary = again.finish({"wall_time": float("nan"), "delta": {"ratio": float("inf")}})
+    on_disk = _strict((tmp_path / "summary.json").read_text())
+    assert on_disk == summary
+    assert on_disk["wall_time"] is None and on_disk["delta"] == {"ratio": None}
+    assert "best" not in on_disk and on_disk["rounds"] == 1
+    _strict((tmp_path / "config.json").read_text())
+
+
+def test_mask_files_are_written_whole(tmp_path: Path) -> None:
+    import torch
+
+    recorder = RunRecorder(tmp_path, RunConfig(), stream=None)
+    mask = Mask({"w": torch.tensor([0, 3])}, {"w": (2, 2)})
+    recorder.record_mask(1, mask, "fish")
+    stats = _strict((tmp_path / "mask_stats.json").read_text())
+    assert stats["1"]["k"] == 2 and stats["1"]["fingerprint"] == mask.fingerprint
+    assert Mask.load(tmp_path / "mask.safetensors").fingerprint == mask.fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "mask.safetensors",
+        "mask_stats.json",
+        "metrics.jsonl",
+    ]
