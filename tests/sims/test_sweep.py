@@ -29,8 +29,7 @@ from sims.commands.sweep import (
     summarise,
     write_summary,
 )
-
-from .flower_harness import tiny_vision_config
+from tests.flower_harness import tiny_vision_config
 
 SHIPPED = [
     "checkpointing",

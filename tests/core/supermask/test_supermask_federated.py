@@ -36,9 +36,8 @@ from fish_fl.supermask.method import (
 from fish_fl.supermask.method import masks_down as _masks_down
 from fish_fl.task import build_base_model
 from strategies.server_app import run_server
-
-from .flower_harness import InProcessGrid, make_strategy, tiny_vision_config
-from .tiny_models import tiny_bert
+from tests.flower_harness import InProcessGrid, make_strategy, tiny_vision_config
+from tests.tiny_models import tiny_bert
 
 
 @pytest.fixture(autouse=True)

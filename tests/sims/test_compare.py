@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 from fish_fl.plots import load_run
 from sims.commands.compare import COLUMNS, compare_command, compare_runs, format_table
 from sims.commands.plot import DEFAULT_PLOT_NAME, plot_command
-
-from .test_plots import PNG_MAGIC, write_run
+from tests.core.test_plots import PNG_MAGIC, write_run
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from fish_fl.pruning import (
     train_with_pruning,
 )
 from fish_fl.training import OptimizerConfig, SparseParameters, make_optimizer
-
-from .tiny_models import bert_batches, tiny_bert
+from tests.tiny_models import bert_batches, tiny_bert
 
 CPU = torch.device("cpu")
 

@@ -22,8 +22,7 @@ from fish_fl import protocol as P
 from fish_fl.runlog import RunRecorder
 from strategies.fish_strategy import RunFailed
 from strategies.server_app import FAILURE, run_server
-
-from .flower_harness import InProcessGrid, make_strategy, tiny_vision_config
+from tests.flower_harness import InProcessGrid, make_strategy, tiny_vision_config
 
 HOSTILE = 1001
 

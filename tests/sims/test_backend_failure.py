@@ -11,7 +11,7 @@ import pytest
 import torch
 from flwr.app import Message
 
-from .test_preflight import tiny_cifar, tiny_vision
+from tests.core.test_preflight import tiny_cifar, tiny_vision
 
 
 class SilentGrid:
@@ -81,8 +81,7 @@ def test_simulate_stops_a_waiting_server_app_when_the_backend_fails(
 
     from sims.simulate import simulate
     from strategies.fish_strategy import RunFailed
-
-    from .flower_harness import set_identity
+    from tests.flower_harness import set_identity
 
     monkeypatch.setenv("FISH_FL_CACHE", str(tmp_path / "cache"))
     set_identity()  # what run_simulation does before it starts the ServerApp

@@ -22,8 +22,7 @@ from fish_fl.checkpoint import (
     save_sparse_delta,
     state_fingerprint,
 )
-
-from .tiny_models import TinyConvNet, warm_batchnorm
+from tests.tiny_models import TinyConvNet, warm_batchnorm
 
 
 def _base(seed: int = 0) -> nn.Module:

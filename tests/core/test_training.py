@@ -17,8 +17,7 @@ from fish_fl.training import (
     optimizer_state_bytes,
     train_steps,
 )
-
-from .tiny_models import TinyConvNet, bert_batches, image_batches, tiny_bert
+from tests.tiny_models import TinyConvNet, bert_batches, image_batches, tiny_bert
 
 CPU = torch.device("cpu")
 

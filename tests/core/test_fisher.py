@@ -7,8 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from fish_fl.fisher import fisher_diagonal, fisher_diagonal_reference, supported_parameters
-
-from .tiny_models import (
+from tests.tiny_models import (
     TinyConvNet,
     bert_batches,
     image_batches,

@@ -13,8 +13,7 @@ from safetensors import safe_open
 
 from fish_fl.masks import Mask
 from sims.commands.run import load_preset
-
-from .flower_harness import tiny_vision_config
+from tests.flower_harness import tiny_vision_config
 
 
 def _rows(run_dir: Path) -> list[dict]:

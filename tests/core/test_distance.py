@@ -22,8 +22,7 @@ from fish_fl.distance import (
     plot_distance_heatmap,
 )
 from fish_fl.task import build_task_model
-
-from .tiny_models import tiny_bert
+from tests.tiny_models import tiny_bert
 
 
 def state(seed: int = 0) -> dict[str, torch.Tensor]:

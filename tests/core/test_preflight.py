@@ -313,8 +313,7 @@ def test_run_failing_before_round_one_leaves_no_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
 ) -> None:
     from strategies.server_app import run_server
-
-    from .flower_harness import InProcessGrid
+    from tests.flower_harness import InProcessGrid
 
     monkeypatch.setenv("FISH_FL_CACHE", str(tmp_path / "cache"))
     config = tiny_vision(tiny_cifar(tmp_path / "cifar.npz"))
@@ -337,8 +336,7 @@ def test_run_failing_after_a_checkpoint_keeps_its_rounds(
 
     from strategies.server_app import run_server
     from strategies.state import CHECKPOINT
-
-    from .flower_harness import InProcessGrid
+    from tests.flower_harness import InProcessGrid
 
     monkeypatch.setenv("FISH_FL_CACHE", str(tmp_path / "cache"))
     config = tiny_vision(tiny_cifar(tmp_path / "cifar.npz"), rounds=3)

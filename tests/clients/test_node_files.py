@@ -18,8 +18,7 @@ from clients.runtime import BaseStore, load_optimizer_file, save_optimizer_file
 from fish_fl import protocol as P
 from fish_fl.federation.sync import NodeState, flat_fingerprint, resolve
 from fish_fl.fileio import read_safetensors, save_safetensors_atomic
-
-from .tiny_models import TinyConvNet
+from tests.tiny_models import TinyConvNet
 
 
 @pytest.fixture(autouse=True)

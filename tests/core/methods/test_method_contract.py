@@ -22,8 +22,7 @@ import fish_fl.supermask  # noqa: F401  (registers the "supermask" builder)
 from fish_fl.masks import Mask, MaskSpec, available_builders, build_mask
 from fish_fl.supermask import SupermaskConfig, SupermaskModel
 from fish_fl.training import OptimizerConfig, SparseParameters, make_optimizer, train_steps
-
-from .tiny_models import bert_batches, tiny_bert
+from tests.tiny_models import bert_batches, tiny_bert
 
 NUM_LABELS = 3
 DENSITY = 0.05
@@ -102,7 +101,7 @@ def _recipe(method: str) -> Recipe:
     if recipe is None:
         pytest.fail(
             f"mask builder {method!r} is registered but this contract has no recipe for it; "
-            "add one to RECIPES in tests/test_method_contract.py"
+            "add one to RECIPES in tests/core/methods/test_method_contract.py"
         )
     return recipe
 

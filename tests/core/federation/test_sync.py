@@ -14,8 +14,7 @@ from fish_fl.federation.state import ServerState
 from fish_fl.federation.sync import NodeState, ServerSync, flat_fingerprint, resolve
 from fish_fl.masks import Mask, MaskSpec, build_mask, parameter_shapes
 from fish_fl.masks.assign import shared_plan
-
-from .tiny_models import TinyConvNet
+from tests.tiny_models import TinyConvNet
 
 
 class Store:

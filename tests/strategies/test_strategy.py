@@ -14,8 +14,7 @@ from fish_fl import protocol as P
 from fish_fl.masks import Mask
 from fish_fl.runlog import RunRecorder
 from fish_fl.task import build_task_model
-
-from .flower_harness import InProcessGrid, make_strategy, tiny_vision_config
+from tests.flower_harness import InProcessGrid, make_strategy, tiny_vision_config
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,7 @@ from fish_fl import protocol as P
 from fish_fl.runlog import RunRecorder
 from strategies.fish_strategy import FishMaskStrategy
 from strategies.state import CHECKPOINT, read_checkpoint_round
-
-from .flower_harness import InProcessGrid, make_strategy, tiny_vision_config
+from tests.flower_harness import InProcessGrid, make_strategy, tiny_vision_config
 
 # Fields that legitimately differ between an interrupted and an uninterrupted run.
 TIMING = {"wall_time", "round_time"}

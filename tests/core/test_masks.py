@@ -19,8 +19,7 @@ from fish_fl.masks import (
     parameter_shapes,
     topk_mask,
 )
-
-from .tiny_models import TinyConvNet, bert_batches, image_batches, tiny_bert
+from tests.tiny_models import TinyConvNet, bert_batches, image_batches, tiny_bert
 
 
 @pytest.fixture

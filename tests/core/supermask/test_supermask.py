@@ -28,8 +28,7 @@ from fish_fl.supermask import (
     unpack_mask,
 )
 from fish_fl.training import train_steps
-
-from .tiny_models import bert_batches, tiny_bert
+from tests.tiny_models import bert_batches, tiny_bert
 
 CPU = torch.device("cpu")
 LINEAR = SupermaskConfig(maskable=("weight",), head_patterns=(), matrices_only=True)

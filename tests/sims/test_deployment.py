@@ -40,9 +40,8 @@ else:
     import tomli as tomllib
 
 from sims.deploy.make_certs import make_node_key, make_tls
-
-from .conftest import PROJECT_ROOT
-from .flower_harness import tiny_vision_config
+from tests.conftest import PROJECT_ROOT
+from tests.flower_harness import tiny_vision_config
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="process clean-up reads /proc"
