@@ -52,9 +52,17 @@ SHARED = ROOT.parent / "shared" / "data"
 CPU = torch.device("cpu")
 
 
-def timed(fn: Callable[[], Any]) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device = CPU) -> float:
+    """Wall seconds of ``fn()``, with the device's queue drained before and after."""
+    _sync(device)
     start = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -102,16 +110,24 @@ def plain_backward(model: nn.Module, batches: list[Any]) -> None:
 
 
 def bench_fisher(
-    name: str, model: nn.Module, batches: list[Any], n: int, loop_n: int
+    name: str,
+    model: nn.Module,
+    batches: list[Any],
+    n: int,
+    loop_n: int,
+    device: torch.device = CPU,
 ) -> dict[str, Any]:
+    """Fisher by hooks, by the per-example loop (``loop_n`` examples, scaled to ``n``), and
+    one plain batched backward, on ``device`` (the model and batches must be there)."""
     loop_batches = [(b[0], b[1]) for b in batches]
     # Warm-up (allocator, kernels), then measure each path.
     fisher_diagonal(model, batches[:1], n_samples=2, progress=False)
-    t_fast = timed(lambda: fisher_diagonal(model, batches, n_samples=n, progress=False))
-    t_plain = timed(lambda: plain_backward(model, batches))
-    t_loop = timed(lambda: fisher_diagonal_reference(model, loop_batches, n_samples=loop_n)) * (
-        n / loop_n
-    )
+    plain_backward(model, batches[:1])
+    t_fast = timed(lambda: fisher_diagonal(model, batches, n_samples=n, progress=False), device)
+    t_plain = timed(lambda: plain_backward(model, batches), device)
+    t_loop = timed(
+        lambda: fisher_diagonal_reference(model, loop_batches, n_samples=loop_n), device
+    ) * (n / loop_n)
     row = {
         "case": name,
         "n": n,
@@ -126,8 +142,16 @@ def bench_fisher(
 
 
 def bench_step(
-    name: str, model: nn.Module, batches: list[Any], density: float, steps: int
+    name: str,
+    model: nn.Module,
+    batches: list[Any],
+    density: float,
+    steps: int,
+    device: torch.device = CPU,
+    amp: bool = False,
 ) -> dict[str, Any]:
+    """A training step at ``density`` against a dense one (AdamW), interleaved; ``amp``:
+    bfloat16 autocast on CUDA."""
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
@@ -139,19 +163,25 @@ def bench_step(
     ):
         sparse = SparseParameters(m, build_mask(m, spec))
         opt = make_optimizer(sparse, OptimizerConfig(lr=1e-4, weight_decay=0.01))
-        train_steps(sparse, opt, batches[:1], steps=2, device=CPU)  # warm-up, creates state
+        train_steps(sparse, opt, batches[:1], steps=2, device=device, amp=amp)  # warm-up, state
         setups[label] = (sparse, opt)
     times: dict[str, list[float]] = {"dense": [], "sparse": []}
     for _ in range(steps):  # interleaved, so drifts in machine load hit both
         for label, (sparse, opt) in setups.items():
             times[label].append(
-                timed(lambda s=sparse, o=opt: train_steps(s, o, batches[:1], steps=1, device=CPU))
+                timed(
+                    lambda s=sparse, o=opt: train_steps(
+                        s, o, batches[:1], steps=1, device=device, amp=amp
+                    ),
+                    device,
+                )
             )
     dense_t, sparse_t = statistics.median(times["dense"]), statistics.median(times["sparse"])
     dense_state = optimizer_state_bytes(setups["dense"][1])
     sparse_state = optimizer_state_bytes(setups["sparse"][1])
     row = {
         "case": name,
+        "amp": amp,
         "density": density,
         "dense_step_s": round(dense_t, 4),
         "sparse_step_s": round(sparse_t, 4),
