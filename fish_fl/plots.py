@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,15 +45,20 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
-# Row key -> (axis label, logarithmic axis).
-X_AXES: dict[str, tuple[str, bool]] = {
-    "cum_fme": ("cumulative communication, up + down (full-model equivalents)", True),
+# Row key -> (axis label, logarithmic axis, what the title says it is plotted against).
+X_AXES: dict[str, tuple[str, bool, str]] = {
+    "cum_fme": (
+        "cumulative communication, up + down (full-model equivalents)",
+        True,
+        "communication",
+    ),
     "cum_paper_fme": (
         "cumulative communication, paper accounting: values + indices (full-model equivalents)",
         True,
+        "communication (values + indices)",
     ),
-    "round": ("round", False),
-    "wall_time": ("wall time (s)", False),
+    "round": ("round", False, "round"),
+    "wall_time": ("wall time (s)", False, "wall time"),
 }
 
 
@@ -141,9 +147,9 @@ class RunRecord:
         return values[-1][1] if values else None
 
     def best(self, metric: str | None = None) -> float | None:
-        """The highest value of the metric over all evaluated rounds."""
-        values = self.evaluated(metric)
-        return max(v for _, v in values) if values else None
+        """The highest value of the metric over the trained rounds (round 0 is the untrained model)."""
+        values = [v for row, v in self.evaluated(metric) if row.get("round", 0) > 0]
+        return max(values) if values else None
 
     def total_bytes(self, direction: str) -> int:
         """Cumulative bytes ``"up"`` or ``"down"`` at the last recorded round."""
@@ -286,7 +292,7 @@ def accuracy_vs_communication_figure(
     if not runs:
         raise ValueError("no runs to plot")
     records = [r if isinstance(r, RunRecord) else load_run(r) for r in runs]
-    x_label, log_x = X_AXES[x]
+    x_label, log_x, against = X_AXES[x]
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -296,6 +302,7 @@ def accuracy_vs_communication_figure(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     drawn = 0
+    smallest = math.inf  # the smallest positive x: where the log axis begins
     # Ten colours, then the same colours dashed, dash-dotted, dotted: every line its own style.
     styles = ("-", "--", "-.", ":")
     for index, record in enumerate(records):
@@ -308,12 +315,13 @@ def accuracy_vs_communication_figure(
         points = [
             (float(row[x]), value)
             for row, value in values
-            if isinstance(row.get(x), (int, float)) and (not log_x or row[x] > 0)
+            if isinstance(row.get(x), (int, float)) and row[x] >= 0
         ]
         if not points:
             logger.warning("run %s has no evaluated round to plot against %s", record.name, x)
             continue
         xs, ys = zip(*points, strict=True)
+        smallest = min([smallest, *(v for v in xs if v > 0)])
         ax.plot(
             xs,
             ys,
@@ -325,18 +333,20 @@ def accuracy_vs_communication_figure(
             label=record.label,
         )
         drawn += 1
-    if not drawn:
+    if not drawn or (log_x and smallest == math.inf):
         raise ValueError(
             f"nothing to plot: no evaluated round with a positive {x} in runs "
             f"{', '.join(r.name for r in records)}"
         )
     if log_x:
-        ax.set_xscale("log")
+        # Logarithmic from the smallest positive value, linear below it: round 0
+        # (no traffic yet, x = 0) stays on the figure at the left edge.
+        ax.set_xscale("symlog", linthresh=smallest, linscale=0.5)
     metric_names = sorted({r.metric_name(metric) for r in records})
     ax.set_xlabel(x_label)
     ax.set_ylabel(" / ".join(metric_names))
     tasks = sorted({str(r.config["task"]) for r in records if r.config.get("task")})
-    title = f"{metric_names[0] if len(metric_names) == 1 else 'metric'} vs communication"
+    title = f"{metric_names[0] if len(metric_names) == 1 else 'metric'} vs {against}"
     ax.set_title(f"{', '.join(tasks)}: {title}" if tasks else title)
     ax.grid(True, which="both", alpha=0.3)
     if many:

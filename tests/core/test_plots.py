@@ -129,6 +129,10 @@ def test_load_run_reads_config_rows_and_summary(tmp_path: Path) -> None:
     assert [v for _, v in rec.evaluated()] == [0.5, 0.6, 0.8]
     assert rec.final() == 0.8 and rec.best() == 0.8
     assert rec.final("f1") == 0.4
+    # The untrained model (round 0) is never a run's best.
+    lucky = load_run(write_run(tmp_path, "lucky-start", scores=(0.9, 0.6, 0.7)))
+    assert lucky.best() == 0.7
+    assert load_run(write_run(tmp_path, "untrained", scores=(0.9,))).best() is None
 
 
 def test_load_run_skips_blank_lines_and_reads_unfinished_runs(tmp_path: Path) -> None:
@@ -206,16 +210,17 @@ def test_figure_has_one_line_per_run_on_a_log_axis(tmp_path: Path) -> None:
     dense = write_run(tmp_path, "b", method="dense", numel=20_000, scores=(0.5, 0.75, None, 0.9))
     fig = accuracy_vs_communication_figure([fish, dense])
     (ax,) = fig.axes
-    assert ax.get_xscale() == "log"
+    # Logarithmic from the smallest positive traffic, linear below: round 0 stays at x = 0.
+    assert ax.get_xscale() == "symlog"
+    assert ax.xaxis.get_transform().linthresh == pytest.approx(1600 / 80_000)
     lines = ax.get_lines()
     assert [ln.get_label() for ln in lines] == ["a (fish, 0.5%)", "b (dense)"]
     # fish: k = 100 entries, 2 clients x 400 bytes each way -> 1600 bytes per round.
-    # Round 0 (no traffic yet) cannot sit on a log axis and is left out.
-    assert _data(lines[0], "x") == pytest.approx([1600 / 80_000, 3200 / 80_000])
-    assert _data(lines[0], "y") == [0.7, 0.8]
+    assert _data(lines[0], "x") == pytest.approx([0.0, 1600 / 80_000, 3200 / 80_000])
+    assert _data(lines[0], "y") == [0.5, 0.7, 0.8]
     # dense: 4 full models per round; round 2 was not evaluated.
-    assert _data(lines[1], "x") == pytest.approx([4.0, 12.0])
-    assert _data(lines[1], "y") == [0.75, 0.9]
+    assert _data(lines[1], "x") == pytest.approx([0.0, 4.0, 12.0])
+    assert _data(lines[1], "y") == [0.5, 0.75, 0.9]
     assert ax.get_ylabel() == "accuracy"
     assert "full-model equivalents" in ax.get_xlabel()
     assert ax.get_title() == "sst2: accuracy vs communication"
@@ -230,6 +235,9 @@ def test_figure_other_metric_and_axes(tmp_path: Path) -> None:
     assert _data(line, "x") == [0, 1, 2]  # linear axis: round 0 included
     assert _data(line, "y") == [0.25, 0.3, 0.4]
     assert ax.get_ylabel() == "f1"
+    assert ax.get_title() == "sst2: f1 vs round"
+    fig = accuracy_vs_communication_figure([load_run(run)], x="wall_time")
+    assert fig.axes[0].get_title() == "sst2: accuracy vs wall time"
 
 
 def test_figure_errors(tmp_path: Path) -> None:
