@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ def simulate(
         "init_args": {"include_dashboard": False, "log_to_driver": verbose},
     }
     abort = AbortSignal()
+    threads_before = set(threading.enumerate())
     try:
         run_simulation(
             server_app=make_server_app(config, run_dir, resume=resume, abort=abort),
@@ -74,6 +76,11 @@ def simulate(
         logger.error("%s; stopping the ServerApp", reason)
         abort.abort(reason)
         abort.wait_for_server()
+        # The ServerApp has returned; let the thread Flower ran it in finish too,
+        # so that nothing of the run outlives this call.
+        for thread in set(threading.enumerate()) - threads_before:
+            if not thread.daemon:
+                thread.join(timeout=30.0)
         if interrupted:
             raise
         raise RuntimeError(reason) from e
