@@ -198,7 +198,7 @@ class RunRecorder:
         )
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Write ``summary.json`` (adds final and best evaluated metric)."""
+        """Write ``summary.json`` (adds final and best evaluated metric, the traffic totals)."""
         evaluated = [r for r in self.rows if r.get("score") is not None and r["round"] > 0]
         if evaluated:
             final = evaluated[-1]
@@ -215,6 +215,21 @@ class RunRecorder:
                 "score": best["score"],
             }
         summary["rounds"] = max((r["round"] for r in self.rows), default=0)
+        # The run's traffic: the cumulative totals of its last logged round.
+        last = next((r for r in reversed(self.rows) if "cum_bytes_up" in r), None)
+        if last is not None:
+            summary["traffic"] = {
+                key: last.get(key)
+                for key in (
+                    "cum_bytes_up",
+                    "cum_bytes_down",
+                    "cum_mask_bytes",
+                    "cum_fme",
+                    "cum_fme_up",
+                    "cum_fme_down",
+                    "cum_paper_fme",
+                )
+            }
         summary = finite_or_none(summary)
         write_json_atomic(self.dir / "summary.json", summary)
         return summary

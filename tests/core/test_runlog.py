@@ -74,3 +74,37 @@ def test_mask_files_are_written_whole(tmp_path: Path) -> None:
         "mask_stats.json",
         "metrics.jsonl",
     ]
+
+
+def test_summary_holds_the_traffic_totals_of_the_last_round(tmp_path: Path) -> None:
+    recorder = RunRecorder(tmp_path, RunConfig(), stream=None)
+    recorder.log_round({"round": 0, "score": 0.5, "metric": "accuracy"})
+    for rnd, (up, down) in enumerate([(100, 300), (100, 200)], start=1):
+        recorder.log_round(
+            {
+                "round": rnd,
+                "score": 0.6,
+                "metric": "accuracy",
+                "cum_bytes_up": 100 * rnd,
+                "cum_bytes_down": 300 + 200 * (rnd - 1),
+                "cum_mask_bytes": 50,
+                "cum_fme": rnd * 0.25,
+                "cum_fme_up": rnd * 0.05,
+                "cum_fme_down": rnd * 0.2,
+                "cum_paper_fme": rnd * 0.5,
+                "bytes_up": up,
+                "bytes_down": down,
+            }
+        )
+    summary = recorder.finish({})
+    # Round 2's cumulative figures: 100 + 100 up, 300 + 200 down.
+    assert summary["traffic"] == {
+        "cum_bytes_up": 200,
+        "cum_bytes_down": 500,
+        "cum_mask_bytes": 50,
+        "cum_fme": 0.5,
+        "cum_fme_up": 0.1,
+        "cum_fme_down": 0.4,
+        "cum_paper_fme": 1.0,
+    }
+    assert _strict((tmp_path / "summary.json").read_text())["traffic"] == summary["traffic"]
