@@ -10,6 +10,7 @@ any model is built.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -209,16 +210,16 @@ class RunConfig(MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, FederationKeys
         Caches of loaded data and built models are keyed by it, so a change
         of any such key can never reuse a stale entry.
         """
-        import hashlib
-
-        keys = keys_that_shape(kind) + tuple(extra)
+        if kind not in _SHAPING:
+            raise ValueError(f"unknown shape kind {kind!r}; expected one of {', '.join(SHAPES)}")
+        keys = _SHAPING[kind] + tuple(extra)
         flat = self.to_dict()
         text = json.dumps({k: flat[k] for k in keys}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def section(self, cls: type[_S]) -> _S:
         """This configuration's values of one section (e.g. ``config.section(TaskKeys)``)."""
-        if cls not in SECTIONS and not issubclass(RunConfig, cls):
+        if not issubclass(RunConfig, cls):
             raise TypeError(f"{cls.__name__} is not a section of RunConfig")
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         return cls(**{n: getattr(self, n) for n in names})
@@ -368,3 +369,4 @@ def parse_override(text: str) -> tuple[str, str]:
 DATA_KEYS: tuple[str, ...] = keys_that_shape("data")
 #: Keys that change the model a node builds (a method adds its own, ``model_keys``).
 MODEL_KEYS: tuple[str, ...] = keys_that_shape("model")
+_SHAPING: dict[str, tuple[str, ...]] = {"data": DATA_KEYS, "model": MODEL_KEYS}
