@@ -19,27 +19,22 @@ SST-2 sample is small and is read whole (a few milliseconds).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from .config import RunConfig
 from .data.hub import hub_offline
 from .device import resolve_device
+from .tasks.glue import SAMPLE_ROWS
 
 __all__ = ["SAMPLE_ROWS", "PreflightError", "check_resources", "preflight"]
 
 logger = logging.getLogger(__name__)
-
-#: Data rows read of each local GLUE file (the header is always read).
-SAMPLE_ROWS = 200
 
 _WEIGHT_FILES = (
     "model.safetensors",
@@ -123,112 +118,10 @@ def check_resources(config: RunConfig) -> None:
 
 
 def _check_data(config: RunConfig) -> None:
-    from .models import is_vision_model
+    """The task's own check: files found, columns and labels readable, enough examples."""
+    from .tasks import task_for
 
-    if is_vision_model(config.model):
-        if config.data_source == "local":
-            _check_cifar(Path(config.data_dir))
-        return  # the torchvision route downloads when it loads
-    from .data.glue import get_task, glue_files, load_glue, read_glue_tsv
-    from .task import check_calibration, train_rows
-
-    task = get_task(config.task)
-    if config.data_source == "embedded":
-        if task.name != "sst2":
-            raise PreflightError(
-                f"data-source=embedded holds only sst2, not task={config.task!r}; "
-                "use data-source=local (a GLUE folder) or hub"
-            )
-        splits = load_glue(task, "embedded")
-        check_calibration(config, train_rows(config, len(splits.train)))
-    elif config.data_source == "local":
-        train_file, dev_file = glue_files(config.data_dir, task)
-        train = read_glue_tsv(train_file, task, max_rows=SAMPLE_ROWS)
-        read_glue_tsv(dev_file, task, max_rows=SAMPLE_ROWS)
-        if _lines(train_file, SAMPLE_ROWS + 2) <= SAMPLE_ROWS + int(task.tsv.header):
-            # The whole file was read (one row a line: the files are not quoted).
-            check_calibration(config, train_rows(config, len(train)))
-    elif not _forced_offline() and hub_offline():
-        raise PreflightError(
-            "data-source=hub: the Hugging Face hub is unreachable; be online, or use "
-            "data-source=local with a GLUE folder"
-        )
-
-
-def _lines(path: Path, most: int) -> int:
-    """Lines of a text file, counting no further than ``most``."""
-    with path.open("rb") as f:
-        return sum(1 for _ in itertools.islice(f, most))
-
-
-def _forced_offline() -> bool:
-    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in names)
-
-
-def _check_cifar(path: Path) -> None:
-    """A CIFAR-10 source is in a layout :func:`~fish_fl.data.vision.load_cifar10` reads."""
-    from .data.vision import IMAGE_SUFFIXES
-
-    if not path.exists():
-        raise PreflightError(
-            f"data-dir={str(path)!r} does not exist: expected a CIFAR-10 .npz file or image folder"
-        )
-    if path.is_file():
-        _check_npz(path)
-        return
-    if (path / "cifar-10-batches-py").is_dir():
-        return
-    for split in ("train", "test"):
-        folder = path / split
-        classes = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
-        images = (f for c in classes for f in c.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        if next(images, None) is None:
-            raise PreflightError(
-                f"data-dir={str(path)!r}: {split}/ holds no <class>/*.png|jpg|jpeg images; "
-                "expected a .npz file, train/ and test/ image folders or cifar-10-batches-py"
-            )
-
-
-def _check_npz(path: Path) -> None:
-    """Array names and shapes from the headers, and the labels, without reading the images."""
-    if path.suffix.lower() != ".npz":
-        raise PreflightError(f"data-dir={str(path)!r} is not a .npz file")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            shapes = {}
-            for name in ("x_train", "x_test"):
-                with archive.open(f"{name}.npy") as f:
-                    version = np.lib.format.read_magic(f)
-                    read = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shapes[name] = read(f)[0]
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
-        raise PreflightError(
-            f"data-dir={str(path)!r} is not a CIFAR-10 .npz with x_train, y_train, x_test, "
-            f"y_test ({e})"
-        ) from None
-    with np.load(path, allow_pickle=False) as data:
-        if "y_train" not in data.files or "y_test" not in data.files:
-            raise PreflightError(f"data-dir={str(path)!r} lacks y_train or y_test")
-        classes = len(data["classes"]) if "classes" in data.files else 10
-        for split in ("train", "test"):
-            shape, labels = shapes[f"x_{split}"], data[f"y_{split}"].reshape(-1)
-            if len(shape) != 4 or shape[-1] != 3:
-                raise PreflightError(
-                    f"data-dir={str(path)!r}: x_{split} has shape {shape}, expected (N, H, W, 3)"
-                )
-            if labels.shape[0] != shape[0]:
-                raise PreflightError(
-                    f"data-dir={str(path)!r}: {labels.shape[0]} labels for {shape[0]} {split} images"
-                )
-            if labels.size and (labels.min() < 0 or labels.max() >= classes):
-                raise PreflightError(
-                    f"data-dir={str(path)!r}: {split} labels outside [0, {classes})"
-                )
+    task_for(config).preflight(config)
 
 
 # --------------------------------------------------------------------------- model
@@ -286,10 +179,10 @@ def _check_mask(config: RunConfig) -> None:
 def _skeleton(config: RunConfig) -> nn.Module:
     """The run's model with its parameters on the ``meta`` device: names and shapes, no data."""
     from .methods import method_for
-    from .models import build_resnet_cifar, is_vision_model, resolve_model_source
-    from .task import num_labels
+    from .models import build_resnet_cifar, resolve_model_source
+    from .task import is_vision, num_labels
 
-    vision = is_vision_model(config.model)
+    vision = is_vision(config)
     with torch.device("meta"):
         if vision:
             model: nn.Module = build_resnet_cifar(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from .config import ConfigError, RunConfig
 from .data.partition import ClientPartitions, make_client_partitions
 from .metrics import primary_metric, task_metrics
 from .models import build_model, is_vision_model, load_tokenizer
+from .tasks import LabelSpace
 from .training import evaluate
 
 __all__ = [
@@ -42,15 +43,16 @@ logger = logging.getLogger(__name__)
 
 
 def is_vision(config: RunConfig) -> bool:
-    return is_vision_model(config.model)
+    """True for an image task: the task decides, not the model's name."""
+    from .tasks import task_for
+
+    return task_for(config).is_image
 
 
 def num_labels(config: RunConfig) -> int:
-    if is_vision(config):
-        return 10
-    from .data.glue import get_task
+    from .tasks import task_for
 
-    return get_task(config.task).num_labels
+    return task_for(config).num_labels(config)
 
 
 def build_base_model(config: RunConfig) -> nn.Module:
@@ -79,10 +81,13 @@ class TaskData:
     held_out: Any
     train_labels: np.ndarray
     partitions: ClientPartitions
+    labels: LabelSpace = field(default_factory=LabelSpace)
 
     @property
     def metric_task(self) -> str:
-        return "cifar10" if is_vision(self.config) else self.config.task
+        from .tasks import task_for
+
+        return task_for(self.config).metric_task(self.config)
 
     @property
     def primary(self) -> str:
@@ -161,17 +166,22 @@ def _subset(n: int, keep: int, seed: int) -> np.ndarray:
 
 
 def check_task(config: RunConfig) -> None:
-    """Raise :class:`ConfigError` unless the task and the data source fit the model."""
-    if is_vision(config):
-        if config.task != "cifar10":
-            raise ConfigError(
-                f"task={config.task!r} does not fit the vision model {config.model!r}; use cifar10"
-            )
-        if config.data_source == "embedded":
-            raise ConfigError("no embedded CIFAR-10 sample ships; use data-source=local or hub")
-    elif config.task == "cifar10":
+    """Raise :class:`ConfigError` unless the model is of the task's kind (text or image)."""
+    from .models import MINILM_ALIASES
+    from .tasks import task_for
+
+    task = task_for(config)
+    model = config.model.strip().lower()
+    if task.is_image and model in MINILM_ALIASES:
         raise ConfigError(
-            f"task=cifar10 needs a vision model (resnet18 or resnet34), not model={config.model!r}"
+            f"task={config.task} is an image task and model={config.model!r} a text encoder; "
+            "use an image model (resnet34-cifar, resnet18-cifar, a torchvision or Hugging Face "
+            "image classifier)"
+        )
+    if not task.is_image and is_vision_model(config.model):
+        raise ConfigError(
+            f"task={config.task} is a text task and model={config.model!r} an image model; "
+            "use a Hugging Face sequence classifier (minilm, a hub name or a local folder)"
         )
 
 
@@ -193,28 +203,24 @@ def check_calibration(config: RunConfig, n_train: int) -> int:
 
 def load_task_data(config: RunConfig) -> TaskData:
     """Load, subsample, tokenise and partition the run's data (deterministic)."""
-    check_task(config)
-    if is_vision(config):
-        from .data.vision import ImageSplit, load_cifar10
+    from .tasks import task_for
 
-        source = "torchvision" if config.data_source == "hub" else config.data_dir
-        images = load_cifar10(source)
-        tr = _subset(len(images.train.labels), config.train_examples, config.seed)
-        ev = _subset(len(images.test.labels), config.eval_examples, config.seed + 1)
-        train: Any = ImageSplit(
-            images.train.images[tr], images.train.labels[tr], images.train.classes
-        )
-        held_out: Any = ImageSplit(
-            images.test.images[ev], images.test.labels[ev], images.test.classes
-        )
+    check_task(config)
+    task = task_for(config)
+    splits = task.load(config)
+    tr = _subset(len(splits.train), config.train_examples, config.seed)
+    ev = _subset(len(splits.held_out), config.eval_examples, config.seed + 1)
+    if task.is_image:
+        from .data.vision import ImageSplit
+
+        def pick(split: ImageSplit, rows: np.ndarray) -> ImageSplit:
+            return ImageSplit(split.images[rows], split.labels[rows], split.classes)
+
+        train: Any = pick(splits.train, tr)
+        held_out: Any = pick(splits.held_out, ev)
         labels = np.asarray(train.labels)
     else:
-        from .data.glue import TextSplit, load_glue, tokenize_split
-
-        source = {"embedded": "embedded", "hub": "hub"}.get(config.data_source, config.data_dir)
-        splits = load_glue(config.task, source)
-        tr = _subset(len(splits.train), config.train_examples, config.seed)
-        ev = _subset(len(splits.dev), config.eval_examples, config.seed + 1)
+        from .data.glue import TextSplit, tokenize_split
 
         def take(split: TextSplit, rows: np.ndarray) -> TextSplit:
             return TextSplit(
@@ -227,7 +233,7 @@ def load_task_data(config: RunConfig) -> TaskData:
         tokenizer = load_tokenizer(config.model)
         train_split = take(splits.train, tr)
         train = tokenize_split(train_split, tokenizer, config.max_length)
-        held_out = tokenize_split(take(splits.dev, ev), tokenizer, config.max_length)
+        held_out = tokenize_split(take(splits.held_out, ev), tokenizer, config.max_length)
         labels = np.asarray(train_split.labels)
     calibration = check_calibration(config, len(labels))
     partitions = make_client_partitions(
@@ -237,8 +243,23 @@ def load_task_data(config: RunConfig) -> TaskData:
         alpha=config.dirichlet_alpha,
         seed=config.seed,
         calibration_size=calibration,
+        **_partition_options(config, splits.groups, tr),
     )
-    return TaskData(config, train, held_out, labels, partitions)
+    return TaskData(config, train, held_out, labels, partitions, splits.labels)
+
+
+def _partition_options(
+    config: RunConfig, groups: np.ndarray | None, rows: np.ndarray
+) -> dict[str, Any]:
+    if config.partition == "natural":
+        if groups is None:
+            raise ConfigError(
+                f"partition=natural needs a partition-column in the training data; task={config.task} has none"
+            )
+        return {"groups": groups[rows]}
+    if config.partition == "pathological":
+        return {"classes_per_client": config.classes_per_client}
+    return {}
 
 
 def evaluate_model(

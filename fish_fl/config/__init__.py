@@ -77,17 +77,18 @@ class RunConfig(MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, FederationKeys
             raise ConfigError(
                 f"mask-method={self.mask_method!r} is not allowed; choose one of {', '.join(available_builders())}"
             )
-        from ..data.glue import GLUE_TASKS, get_task
         from ..methods import method_class
+        from ..tasks import task_entry
 
-        if self.task != "cifar10":
-            try:
-                get_task(self.task)
-            except ValueError:
-                raise ConfigError(
-                    f"task={self.task!r} is not known; choose cifar10 or a GLUE task "
-                    f"({', '.join(sorted(GLUE_TASKS))})"
-                ) from None
+        try:
+            task = task_entry(self.task)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        task.check_config(self)
+        if self.partition == "natural" and not self.partition_column:
+            raise ConfigError(
+                "partition=natural needs partition-column (the training file's column of client ids)"
+            )
 
         method_class(self.mask_method).check_config(self)
         if self.warmup_rounds >= self.rounds:
@@ -116,8 +117,6 @@ class RunConfig(MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, FederationKeys
             raise ConfigError(
                 f"mask-source=clients computes a Fisher on the clients; it needs mask-method=fish, got {self.mask_method!r}"
             )
-        if self.data_source == "local" and not self.data_dir:
-            raise ConfigError("data-source=local needs data-dir (a GLUE folder or a CIFAR-10 .npz)")
         self.mask_spec()  # the mask options themselves
         self.optimizer_config()
 

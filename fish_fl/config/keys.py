@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SHAPES", "meta"]
+__all__ = ["PARTITION_SCHEMES", "SHAPES", "meta"]
+
+#: Client split schemes (see :func:`fish_fl.data.partition.partition_indices`).
+PARTITION_SCHEMES: tuple[str, ...] = (
+    "iid",
+    "dirichlet",
+    "natural",
+    "pathological",
+    "linear",
+    "square",
+    "exponential",
+)
 
 #: What a key can shape: the data a node loads, the model it builds.
 SHAPES: tuple[str, ...] = ("data", "model")

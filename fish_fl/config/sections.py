@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..masks.layers import LAYERS_PRESETS
+from .keys import PARTITION_SCHEMES
 from .keys import meta as _meta
 
 __all__ = ["FederationKeys", "MachineKeys", "MaskKeys", "OptimizerKeys", "TaskKeys"]
@@ -30,7 +31,9 @@ class TaskKeys:
     task: str = field(
         default="sst2",
         metadata=_meta(
-            shapes=("data", "model"), help="GLUE task (sst2, cola, stsb, ...) or cifar10"
+            shapes=("data", "model"),
+            help="a registered task: GLUE (sst2, cola, stsb, ...), cifar10, cifar100, or "
+            "text-classification / image-classification for your own data",
         ),
     )
     model: str = field(
@@ -58,6 +61,67 @@ class TaskKeys:
         default="",
         metadata=_meta(shapes=("data",), help="GLUE folder or CIFAR-10 .npz / image folder"),
     )
+    train_file: str = field(
+        default="",
+        metadata=_meta(
+            shapes=("data", "model"),
+            help="text-classification: training file (.csv, .tsv, .json, .jsonl, .parquet)",
+        ),
+    )
+    eval_file: str = field(
+        default="",
+        metadata=_meta(shapes=("data",), help="text-classification: held-out evaluation file"),
+    )
+    text_column: str = field(
+        default="text",
+        metadata=_meta(
+            shapes=("data",), help="text-classification: text column (a position without header)"
+        ),
+    )
+    text_pair_column: str = field(
+        default="",
+        metadata=_meta(
+            shapes=("data",), help="text-classification: second text column of pairs (empty: none)"
+        ),
+    )
+    label_column: str = field(
+        default="label",
+        metadata=_meta(shapes=("data", "model"), help="text-classification: label column"),
+    )
+    label_type: str = field(
+        default="auto",
+        metadata=_meta(
+            shapes=("data", "model"),
+            help="text-classification: auto (float labels mean regression), classes or regression",
+            choices=("auto", "classes", "regression"),
+        ),
+    )
+    header: bool = field(
+        default=True,
+        metadata=_meta(
+            shapes=("data", "model"),
+            help="CSV/TSV files start with a header (false: columns are named 0, 1, ...)",
+        ),
+    )
+    hub_dataset: str = field(
+        default="",
+        metadata=_meta(
+            shapes=("data", "model"),
+            help="data-source=hub: a Hugging Face data set by name (text- or image-classification)",
+        ),
+    )
+    hub_subset: str = field(
+        default="",
+        metadata=_meta(
+            shapes=("data", "model"), help="data-source=hub: the data set's configuration"
+        ),
+    )
+    hub_eval_split: str = field(
+        default="",
+        metadata=_meta(
+            shapes=("data",), help="data-source=hub: held-out split (empty: validation, else test)"
+        ),
+    )
     max_length: int = field(
         default=128, metadata=_meta(shapes=("data",), help="tokeniser max length", min=8)
     )
@@ -82,6 +146,24 @@ class TaskKeys:
             max=2**32 - 1,
         ),
     )
+    image_size: int = field(
+        default=0,
+        metadata=_meta(
+            shapes=("data",),
+            help="image side in pixels (0: the model's own: 32 for the CIFAR ResNets, the "
+            "processor's size for a Hugging Face image model)",
+            min=0,
+        ),
+    )
+    image_normalize: str = field(
+        default="auto",
+        metadata=_meta(
+            shapes=("data",),
+            help="image normalisation: auto (the CIFAR statistics for the CIFAR ResNets, the "
+            "model processor's otherwise), cifar10, imagenet or none",
+            choices=("auto", "cifar10", "imagenet", "none"),
+        ),
+    )
     augment: bool = field(
         default=True, metadata=_meta(shapes=("data",), help="image augmentation (crop and flip)")
     )
@@ -99,7 +181,23 @@ class FederationKeys:
     )
     partition: str = field(
         default="iid",
-        metadata=_meta(shapes=("data",), help="client split", choices=("iid", "dirichlet")),
+        metadata=_meta(
+            shapes=("data",),
+            help="client split: iid, dirichlet (label skew), natural (one client per value of "
+            "partition-column), pathological (classes-per-client classes each), or size-skewed "
+            "linear / square / exponential",
+            choices=PARTITION_SCHEMES,
+        ),
+    )
+    partition_column: str = field(
+        default="",
+        metadata=_meta(
+            shapes=("data",), help="partition=natural: the training file's column of client ids"
+        ),
+    )
+    classes_per_client: int = field(
+        default=2,
+        metadata=_meta(shapes=("data",), help="partition=pathological: classes per client", min=1),
     )
     dirichlet_alpha: float = field(
         default=0.5, metadata=_meta(shapes=("data",), help="Dirichlet concentration", gt=0.0)

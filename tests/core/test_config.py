@@ -197,7 +197,13 @@ def test_bad_choice(key: str, value: str) -> None:
             "mask-source=clients computes a Fisher on the clients; it needs mask-method=fish, "
             "got 'magnitude'",
         ),
-        ({"data-source": "local"}, "data-source=local needs data-dir"),
+        ({"data-source": "local"}, "task=sst2 with data-source=local needs data-dir"),
+        ({"task": "text-classification"}, "task=text-classification needs train-file and eval-file"),
+        (
+            {"task": "text-classification", "data-source": "hub"},
+            "task=text-classification with data-source=hub needs hub-dataset",
+        ),
+        ({"partition": "natural"}, "partition=natural needs partition-column"),
     ],
 )
 def test_inconsistent_combinations(values: dict[str, Any], expected: str) -> None:
@@ -290,7 +296,7 @@ def test_from_toml_errors(tmp_path: Path) -> None:
         ({"supermask-maskable": "encoder("}, "supermask-maskable: 'encoder(' is not a valid"),
         ({"seed": 99999999999999}, "seed=99999999999999 must be <= 4294967295"),
         ({"layers-preset": "bogus"}, "layers-preset='bogus' is not allowed"),
-        ({"task": "agnews"}, "task='agnews' is not known; choose cifar10 or a GLUE task"),
+        ({"task": "agnews"}, "task='agnews' is not known; choose one of cifar10, cola"),
     ],
 )
 def test_values_that_used_to_fail_late_fail_at_once(values: dict[str, Any], expected: str) -> None:
@@ -345,6 +351,18 @@ _SHAPED = {
     "width": 32,
     "data-source": "hub",
     "data-dir": "elsewhere",
+    "train-file": "train.csv",
+    "eval-file": "dev.csv",
+    "text-column": "sentence",
+    "text-pair-column": "second",
+    "label-column": "target",
+    "label-type": "classes",
+    "header": False,
+    "hub-dataset": "someone/data",
+    "hub-subset": "default",
+    "hub-eval-split": "test",
+    "image-size": 64,
+    "image-normalize": "imagenet",
     "max-length": 64,
     "train-examples": 100,
     "eval-examples": 50,
@@ -353,6 +371,8 @@ _SHAPED = {
     "num-clients": 3,
     "partition": "dirichlet",
     "dirichlet-alpha": 0.1,
+    "partition-column": "user",
+    "classes-per-client": 3,
     "batch-size": 16,
     "eval-batch-size": 64,
     "mask-source": "clients",
@@ -372,7 +392,20 @@ def test_cache_keys_follow_exactly_the_keys_that_shape(kind: str) -> None:
     # Written out by hand: dropping a key's ``shapes`` would let a cache go stale.
     expected = {
         "data": set(_SHAPED) - {"width", "mask-method"},
-        "model": {"task", "model", "width", "seed", "mask-method"},
+        "model": {
+            "task",
+            "model",
+            "width",
+            "seed",
+            "mask-method",
+            # a user's training file defines the label set, so the head's size
+            "train-file",
+            "label-column",
+            "label-type",
+            "header",
+            "hub-dataset",
+            "hub-subset",
+        },
     }[kind]
     assert set(shaping) == expected
     for key in shaping:
