@@ -198,7 +198,10 @@ def test_bad_choice(key: str, value: str) -> None:
             "got 'magnitude'",
         ),
         ({"data-source": "local"}, "task=sst2 with data-source=local needs data-dir"),
-        ({"task": "text-classification"}, "task=text-classification needs train-file and eval-file"),
+        (
+            {"task": "text-classification"},
+            "task=text-classification needs train-file and eval-file",
+        ),
         (
             {"task": "text-classification", "data-source": "hub"},
             "task=text-classification with data-source=hub needs hub-dataset",

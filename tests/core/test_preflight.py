@@ -106,8 +106,14 @@ def _cases(data: Path) -> dict[str, tuple[list[str], str]]:
         "embedded-other-task": (["task=cola"], "data-source=embedded holds only sst2"),
         "fisher-samples-all-data": (["fisher-samples=4000"], "fisher-samples=4000"),
         "model-folder-missing": (["model=/nonexistent/model"], "/nonexistent/model"),
-        "vision-task": ([*vision, "task=sst2"], "task=sst2 is a text task and model='resnet18' an image model"),
-        "text-model-cifar": (["task=cifar10"], "task=cifar10 is an image task and model='minilm' a text encoder"),
+        "vision-task": (
+            [*vision, "task=sst2"],
+            "task=sst2 is a text task and model='resnet18' an image model",
+        ),
+        "text-model-cifar": (
+            ["task=cifar10"],
+            "task=cifar10 is an image task and model='minilm' a text encoder",
+        ),
         "layers-preset-for-model": (
             [*vision, "mask-method=layers", "layers-preset=no-deepest-2"],
             "numbered blocks",
