@@ -57,6 +57,7 @@ _PRIMARY = {
     "wnli": "accuracy",
     "cifar10": "accuracy",
     "classification": "accuracy",
+    "regression": "pearson_spearman_mean",
 }
 _ALIASES = {
     "mnlim": "mnli",
@@ -300,7 +301,7 @@ def task_metrics(task: str, predictions_or_logits: Any, labels: Any) -> dict[str
         For an unknown task, mismatched lengths or no examples.
     """
     key = _canonical(task)
-    regression = key == "stsb"
+    regression = key in ("stsb", "regression")
     preds = predictions_from_outputs(predictions_or_logits, regression=regression)
     y = _array(labels, "labels").reshape(-1)
     if regression:

@@ -342,9 +342,10 @@ class GlueSplits:
 
 
 def _open_text(source: Path | Traversable) -> Any:
+    # utf-8-sig: the official MRPC files begin with a byte-order mark.
     if isinstance(source, Path):
-        return source.open("r", encoding="utf-8", newline="")
-    return source.open("r", encoding="utf-8")
+        return source.open("r", encoding="utf-8-sig", newline="")
+    return source.open("r", encoding="utf-8-sig")
 
 
 def read_glue_tsv(

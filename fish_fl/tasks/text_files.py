@@ -89,7 +89,7 @@ def _quiet_datasets() -> Iterator[None]:
 
     level = ds_logging.get_verbosity()
     bars = ds_logging.is_progress_bar_enabled()
-    ds_logging.set_verbosity_error()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)  # the error itself is raised, once
     ds_logging.disable_progress_bar()
     try:
         yield
@@ -122,6 +122,8 @@ def _load_file(path: Path, header: bool, what: str) -> Any:
             data = load_dataset(loader, data_files={"train": str(path)}, split="train", **kwargs)
     except Exception as e:  # the loaders raise many types for an unreadable file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "corresponds to no data" in first:
+            raise ValueError(f"{what}={str(path)!r} holds no rows") from None
         raise ValueError(f"{what}={str(path)!r} cannot be read as {fmt}: {first}") from None
     return data
 
