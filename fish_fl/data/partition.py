@@ -4,11 +4,14 @@ The training split of a data set is divided three ways:
 
 * a **calibration** sample (``calibration_size`` examples drawn uniformly),
   kept by the server to estimate the Fisher information for the FISH mask;
-* **client partitions** of the rest, IID or skewed by a Dirichlet
-  distribution over labels, made with the ``flwr-datasets`` partitioners
-  (:class:`~flwr_datasets.partitioner.IidPartitioner`,
-  :class:`~flwr_datasets.partitioner.DirichletPartitioner`), which work
-  offline on an in-memory :class:`datasets.Dataset` built from the labels;
+* **client partitions** of the rest, made with the ``flwr-datasets``
+  partitioners, which work offline on an in-memory :class:`datasets.Dataset`
+  built from the labels: IID (``IidPartitioner``), label-skewed by a
+  Dirichlet distribution (``DirichletPartitioner``) or by a fixed number of
+  classes per client (``PathologicalPartitioner``), one client per value of a
+  group column such as a user id (``NaturalIdPartitioner``), or size-skewed
+  with mixed labels (``LinearPartitioner``, ``SquarePartitioner``,
+  ``ExponentialPartitioner``);
 * the held-out evaluation split is a separate split of the data set (the
   GLUE dev set, the CIFAR-10 test set), which no client ever trains on.
 
@@ -20,6 +23,8 @@ stays fast.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from collections.abc import Sequence
@@ -32,18 +37,34 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PARTITION_SCHEMES",
+    "TV_WARNING",
     "ClientPartitions",
     "class_ids",
     "label_histograms",
     "make_client_partitions",
     "mean_tv_distance",
+    "natural_groups",
     "partition_indices",
     "partition_summary",
     "split_calibration",
 ]
 
 #: Supported partition schemes.
-PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet")
+PARTITION_SCHEMES: tuple[str, ...] = (
+    "iid",
+    "dirichlet",
+    "natural",
+    "pathological",
+    "linear",
+    "square",
+    "exponential",
+)
+
+#: Mean total-variation distance (client vs global label distribution) above
+#: which :func:`partition_report` warns that a split is strongly non-IID.
+TV_WARNING = 0.3
+
+_SIZE_SCHEMES = ("linear", "square", "exponential")
 
 Seed = int | np.random.Generator
 
@@ -118,36 +139,109 @@ def _check_common(n: int, num_partitions: int, min_partition_size: int) -> None:
         )
 
 
+def natural_groups(
+    groups: Sequence[Any] | np.ndarray, num_examples: int | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Number the values of a group column (a user id, a speaker) for a natural split.
+
+    Values are compared and sorted as strings, so a column of mixed types
+    splits the same way on every run: group ``i`` is the ``i``-th distinct
+    value in string order.
+
+    Parameters
+    ----------
+    groups : array-like
+        One hashable value per example.
+    num_examples : int, optional
+        Expected length (that of the labels).
+
+    Returns
+    -------
+    codes : numpy.ndarray
+        int64 group number of each example.
+    names : list of str
+        The distinct values as strings, in sorted order (``names[codes[j]]``
+        is example ``j``'s value).
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` is not one-dimensional or its length is not
+        ``num_examples``.
+    """
+    array = np.asarray(groups, dtype=object)
+    if array.ndim != 1:
+        raise ValueError(f"groups must be one-dimensional, got shape {array.shape}")
+    if num_examples is not None and array.shape[0] != num_examples:
+        raise ValueError(
+            f"groups has {array.shape[0]} values but there are {num_examples} labels: expected "
+            "one group value per example"
+        )
+    if array.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64), []
+    as_text = np.asarray([str(v) for v in array], dtype=str)
+    names, codes = np.unique(as_text, return_inverse=True)
+    return codes.astype(np.int64).reshape(-1), [str(v) for v in names]
+
+
 def partition_indices(
     labels: Sequence[Any] | np.ndarray,
     num_partitions: int,
-    scheme: Literal["iid", "dirichlet"] | str = "iid",
+    scheme: Literal[
+        "iid", "dirichlet", "natural", "pathological", "linear", "square", "exponential"
+    ]
+    | str = "iid",
     alpha: float = 0.5,
     seed: Seed = 0,
     min_partition_size: int = 1,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    classes_per_client: int = 2,
 ) -> list[np.ndarray]:
     """Split example indices ``0 .. len(labels) - 1`` among clients.
 
     Parameters
     ----------
     labels : array-like
-        One label per example (see :func:`class_ids`); only the Dirichlet
-        scheme looks at the values.
+        One label per example (see :func:`class_ids`); the Dirichlet and
+        pathological schemes look at the values.
     num_partitions : int
         Number of clients.
-    scheme : {"iid", "dirichlet"}, default "iid"
-        ``"iid"``: a seeded shuffle cut into equal shards (sizes differ by at
-        most one) with flwr-datasets' ``IidPartitioner``. ``"dirichlet"``:
-        for each class, the share of each client is drawn from
-        Dirichlet(``alpha``), with flwr-datasets' ``DirichletPartitioner``
-        (re-drawn, up to 10 times, until every client has
-        ``min_partition_size`` examples).
+    scheme : str, default "iid"
+        One of :data:`PARTITION_SCHEMES`, each made with a flwr-datasets
+        partitioner:
+
+        * ``"iid"``: a seeded shuffle cut into equal shards (sizes differ by
+          at most one), ``IidPartitioner``.
+        * ``"dirichlet"``: for each class, the share of each client is drawn
+          from Dirichlet(``alpha``), ``DirichletPartitioner`` (re-drawn, up
+          to 10 times, until every client has ``min_partition_size``
+          examples).
+        * ``"natural"``: one client per distinct value of ``groups``,
+          ``NaturalIdPartitioner``; client ``i`` holds the ``i``-th value in
+          string order (see :func:`natural_groups`). The number of values
+          must equal ``num_partitions``.
+        * ``"pathological"``: every client holds exactly
+          ``classes_per_client`` classes, ``PathologicalPartitioner``; each
+          class's examples are shared equally by the clients that hold it.
+        * ``"linear"``, ``"square"``, ``"exponential"``: client ``i`` (from
+          0) gets a share of a seeded shuffle proportional to ``i + 1``,
+          ``(i + 1) ** 2`` or ``exp(i + 1)``: sizes grow with the index,
+          labels stay mixed (``LinearPartitioner``, ``SquarePartitioner``,
+          ``ExponentialPartitioner``).
     alpha : float, default 0.5
-        Dirichlet concentration; smaller is more skewed. Ignored for IID.
+        Dirichlet concentration; smaller is more skewed. Only for
+        ``"dirichlet"``.
     seed : int or numpy.random.Generator, default 0
-        Seed of the shuffle / Dirichlet draws.
+        Seed of the shuffle and of the random draws.
     min_partition_size : int, default 1
         Fewest examples a client may get.
+    groups : array-like, optional
+        One hashable value per example (a user id column); required by
+        ``"natural"`` and ignored by the other schemes.
+    classes_per_client : int, default 2
+        Classes per client for ``"pathological"``, in ``[1, number of
+        classes]``; ignored by the other schemes.
 
     Returns
     -------
@@ -158,8 +252,11 @@ def partition_indices(
     Raises
     ------
     ValueError
-        For an unknown scheme, ``alpha <= 0``, more clients than examples, or
-        partitions that cannot meet ``min_partition_size``.
+        For an unknown scheme, ``alpha <= 0``, more clients than examples,
+        a ``groups`` column missing, of the wrong length or with a number of
+        values other than ``num_partitions``, ``classes_per_client`` out of
+        range or too few clients to give every class to one, or partitions
+        that cannot meet ``min_partition_size``.
     """
     ids, _ = class_ids(labels)
     n = int(ids.shape[0])
@@ -172,7 +269,15 @@ def partition_indices(
     seed_int = _seed_int(seed)
 
     from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        ExponentialPartitioner,
+        IidPartitioner,
+        LinearPartitioner,
+        NaturalIdPartitioner,
+        PathologicalPartitioner,
+        SquarePartitioner,
+    )
 
     partitioner: Any
     if key == "iid":
@@ -184,7 +289,7 @@ def partition_indices(
         order = np.random.default_rng(seed_int).permutation(n)
         partitioner = IidPartitioner(num_partitions=num_partitions)
         partitioner.dataset = Dataset.from_dict({"index": order}).with_format("arrow")
-    else:
+    elif key == "dirichlet":
         if not np.isfinite(alpha) or alpha <= 0:
             raise ValueError(f"Dirichlet alpha must be > 0, got {alpha}")
         partitioner = DirichletPartitioner(
@@ -199,28 +304,101 @@ def partition_indices(
         partitioner.dataset = Dataset.from_dict({"label": ids, "index": np.arange(n)}).with_format(
             "arrow"
         )
+    elif key == "natural":
+        if groups is None:
+            raise ValueError(
+                "partition=natural needs a group column (one value per example, e.g. a user id)"
+            )
+        codes, names = natural_groups(groups, n)
+        if len(names) != num_partitions:
+            raise ValueError(
+                f"partition=natural: the partition column has {len(names)} distinct values; "
+                f"set num-clients={len(names)} (got {num_partitions})"
+            )
+        partitioner = NaturalIdPartitioner(partition_by="group")
+        partitioner.dataset = Dataset.from_dict({"group": codes, "index": np.arange(n)})
+    elif key == "pathological":
+        present = np.unique(ids)
+        num_classes = int(present.shape[0])
+        if not 1 <= classes_per_client <= num_classes:
+            raise ValueError(
+                f"classes_per_client must lie in [1, {num_classes}] (the classes in the labels), "
+                f"got {classes_per_client}"
+            )
+        # "deterministic" gives client p the classes at positions p, p+1, ...,
+        # p+k-1 (mod the number of classes): every client gets exactly k
+        # distinct classes, every class is used as soon as clients + k - 1
+        # reach the number of classes, and each class is shared by an even
+        # number of clients. "random" also gives k classes each but may leave
+        # a class to no client (its examples then belong to nobody), so it
+        # cannot keep the cover. The seed enters through a random order of
+        # the classes and of the rows, so the split still differs by seed.
+        if num_partitions + classes_per_client - 1 < num_classes:
+            raise ValueError(
+                f"partition=pathological: {num_partitions} clients with "
+                f"classes_per_client={classes_per_client} cover at most "
+                f"{num_partitions + classes_per_client - 1} of the {num_classes} classes; use at "
+                f"least {num_classes - classes_per_client + 1} clients or raise "
+                "classes_per_client"
+            )
+        rng = np.random.default_rng(seed_int)
+        order = rng.permutation(n)
+        rank = np.zeros(int(present.max()) + 1, dtype=np.int64)
+        rank[present] = rng.permutation(num_classes)
+        partitioner = PathologicalPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            num_classes_per_partition=int(classes_per_client),
+            class_assignment_mode="deterministic",
+            shuffle=False,
+            seed=seed_int,
+        )
+        partitioner.dataset = Dataset.from_dict({"label": rank[ids[order]], "index": order})
+    else:
+        order = np.random.default_rng(seed_int).permutation(n)
+        size_cls = {
+            "linear": LinearPartitioner,
+            "square": SquarePartitioner,
+            "exponential": ExponentialPartitioner,
+        }[key]
+        partitioner = size_cls(num_partitions=num_partitions)
+        partitioner.dataset = Dataset.from_dict({"index": order}).with_format("arrow")
     try:
-        with warnings.catch_warnings():
-            # flwr-datasets warns on every re-draw; the outcome is reported below.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            # flwr-datasets warns on every Dirichlet re-draw (the outcome is
+            # reported below) and draws a progress bar for the natural split.
             warnings.simplefilter("ignore", UserWarning)
             parts = [
                 np.sort(_index_column(partitioner.load_partition(i))) for i in range(num_partitions)
             ]
     except ValueError as err:
-        if key != "dirichlet":
-            raise
+        if key == "dirichlet":
+            raise ValueError(
+                f"Dirichlet partition of {n} examples among {num_partitions} clients with alpha="
+                f"{alpha} could not give every client min_partition_size={min_partition_size} "
+                "examples: raise alpha or lower min_partition_size"
+            ) from err
+        if key == "pathological":
+            raise ValueError(
+                f"partition=pathological: {n} examples cannot give each of {num_partitions} "
+                f"clients classes_per_client={classes_per_client} classes, a class has fewer "
+                f"examples than clients that hold it ({err})"
+            ) from err
+        if key in _SIZE_SCHEMES:
+            raise ValueError(
+                f"partition={key}: {n} examples among {num_partitions} clients leave the "
+                f"smallest client empty, fewer than min_partition_size={min_partition_size}: "
+                "use fewer clients"
+            ) from err
+        raise
+    sizes = [int(p.shape[0]) for p in parts]
+    smallest = int(np.argmin(sizes))
+    if sizes[smallest] < min_partition_size:
         raise ValueError(
-            f"Dirichlet partition of {n} examples among {num_partitions} clients with alpha="
-            f"{alpha} could not give every client min_partition_size={min_partition_size} "
-            "examples: raise alpha or lower min_partition_size"
-        ) from err
-    logger.debug(
-        "partitioned %d examples into %d (%s): sizes %s",
-        n,
-        num_partitions,
-        key,
-        [len(p) for p in parts],
-    )
+            f"partition={key}: client {smallest} gets {sizes[smallest]} examples, fewer than "
+            f"min_partition_size={min_partition_size}"
+        )
+    logger.debug("partitioned %d examples into %d (%s): sizes %s", n, num_partitions, key, sizes)
     return parts
 
 
