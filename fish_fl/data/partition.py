@@ -28,7 +28,7 @@ import io
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -39,12 +39,14 @@ __all__ = [
     "PARTITION_SCHEMES",
     "TV_WARNING",
     "ClientPartitions",
+    "PartitionReport",
     "class_ids",
     "label_histograms",
     "make_client_partitions",
     "mean_tv_distance",
     "natural_groups",
     "partition_indices",
+    "partition_report",
     "partition_summary",
     "split_calibration",
 ]
@@ -456,12 +458,16 @@ class ClientPartitions:
         Size of the training split.
     calibration_excluded : bool
         Whether the calibration sample was removed from the client partitions.
+    names : list of str, optional
+        For a natural split, each client's group value (as a string); None
+        otherwise.
     """
 
     clients: list[np.ndarray]
     calibration: np.ndarray
     num_examples: int
     calibration_excluded: bool = True
+    names: list[str] | None = None
 
     @property
     def num_clients(self) -> int:
@@ -487,15 +493,40 @@ class ClientPartitions:
         Returns
         -------
         dict
-            ``num_examples``, ``calibration_size``, ``sizes``, ``histograms``
-            (lists of counts), ``mean_tv_distance``.
+            ``num_examples``, ``calibration_size``, ``calibration_excluded``,
+            ``sizes``, ``histograms`` (lists of counts), ``mean_tv_distance``,
+            ``single_class_clients`` and ``warnings`` (see
+            :func:`partition_report`), and ``client_names`` when the clients
+            have names.
         """
-        return {
+        report = self.report(labels)
+        summary: dict[str, Any] = {
             "num_examples": self.num_examples,
             "calibration_size": int(self.calibration.shape[0]),
             "calibration_excluded": self.calibration_excluded,
             **partition_summary(labels, self.clients),
+            "single_class_clients": list(report.single_class_clients),
+            "warnings": list(report.warnings),
         }
+        if self.names is not None:
+            summary["client_names"] = list(self.names)
+        return summary
+
+    def report(
+        self,
+        labels: Sequence[Any] | np.ndarray,
+        *,
+        label_names: Sequence[str] | None = None,
+        max_lines: int = 20,
+    ) -> PartitionReport:
+        """The per-client report of :func:`partition_report`, with the clients' names."""
+        return partition_report(
+            labels,
+            self.clients,
+            label_names=label_names,
+            client_names=self.names,
+            max_lines=max_lines,
+        )
 
 
 def make_client_partitions(
@@ -508,6 +539,8 @@ def make_client_partitions(
     calibration_size: int = 0,
     exclude_calibration: bool = True,
     min_partition_size: int = 1,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    classes_per_client: int = 2,
 ) -> ClientPartitions:
     """Draw the calibration sample, then partition the training split among clients.
 
@@ -517,8 +550,8 @@ def make_client_partitions(
         Labels of the whole training split.
     num_clients : int
         Number of client partitions.
-    scheme : {"iid", "dirichlet"}, default "iid"
-        See :func:`partition_indices`.
+    scheme : str, default "iid"
+        One of :data:`PARTITION_SCHEMES`; see :func:`partition_indices`.
     alpha : float, default 0.5
         Dirichlet concentration.
     seed : int or numpy.random.Generator, default 0
@@ -529,17 +562,25 @@ def make_client_partitions(
         Keep the calibration sample out of every client partition.
     min_partition_size : int, default 1
         Fewest examples a client may get.
+    groups : array-like, optional
+        For ``scheme="natural"``: one group value per example of the whole
+        training split; the clients are the groups left among the rows that
+        are not in the calibration sample (see :func:`natural_groups`).
+    classes_per_client : int, default 2
+        For ``scheme="pathological"``: classes per client.
 
     Returns
     -------
     ClientPartitions
-        Client indices and the calibration indices, into the training split.
+        Client indices and the calibration indices, into the training split;
+        for a natural split, ``names`` holds each client's group value.
 
     Raises
     ------
     ValueError
         For the bad values listed in :func:`partition_indices` and
-        :func:`split_calibration`.
+        :func:`split_calibration`, and when the calibration sample takes every
+        row of a group, leaving fewer groups than clients.
     """
     ids, _ = class_ids(labels)
     n = int(ids.shape[0])
@@ -551,6 +592,22 @@ def make_client_partitions(
             f"cannot split {pool.shape[0]} examples (after {calibration_size} for calibration) "
             f"among {num_clients} clients: expected at most one client per example"
         )
+    natural = str(scheme).strip().lower() == "natural"
+    pool_groups: np.ndarray | None = None
+    names: list[str] | None = None
+    if natural and groups is not None:
+        codes, all_names = natural_groups(groups, n)
+        left = np.unique(codes[pool])
+        if left.shape[0] < min(len(all_names), num_clients):
+            raise ValueError(
+                f"partition=natural: the calibration sample of {calibration_size} takes every "
+                f"row of {len(all_names) - left.shape[0]} of the {len(all_names)} groups, "
+                f"leaving {left.shape[0]} distinct groups, fewer than the {num_clients} "
+                "clients: lower calibration-size, set exclude-calibration to false, or set "
+                f"num-clients={left.shape[0]}"
+            )
+        pool_groups = np.asarray(all_names, dtype=object)[codes[pool]]
+        names = [all_names[int(i)] for i in left]
     local = partition_indices(
         ids[pool],
         num_clients,
@@ -558,6 +615,8 @@ def make_client_partitions(
         alpha=alpha,
         seed=int(part_seq.generate_state(1)[0]),
         min_partition_size=min_partition_size,
+        groups=pool_groups,
+        classes_per_client=classes_per_client,
     )
     clients = [pool[p] for p in local]
     result = ClientPartitions(
@@ -565,6 +624,7 @@ def make_client_partitions(
         calibration=calibration,
         num_examples=n,
         calibration_excluded=exclude_calibration,
+        names=names if natural else None,
     )
     logger.info(
         "%d clients (%s%s), calibration %d of %d: sizes %s",
@@ -664,3 +724,156 @@ def partition_summary(
         "histograms": hist.tolist(),
         "mean_tv_distance": mean_tv_distance(labels, partitions),
     }
+
+
+def _format_count(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+@dataclass(frozen=True)
+class PartitionReport:
+    """Per-client sizes and label mixes of a split, for the terminal and ``summary.json``.
+
+    Made by :func:`partition_report`.
+
+    Attributes
+    ----------
+    lines : list of str
+        One line per client (at most ``max_lines``), then one line on the
+        clients left out, if any.
+    warnings : list of str
+        Clients holding a single class; a strongly non-IID split.
+    sizes : list of int
+        Examples per client.
+    histograms : list of list of int, or None
+        Label counts per client; None for regression labels.
+    mean_tv_distance : float or None
+        See :func:`mean_tv_distance`; None for regression labels.
+    single_class_clients : list of int
+        Indices of the clients whose examples all have one class.
+    """
+
+    lines: list[str]
+    warnings: list[str]
+    sizes: list[int] = field(default_factory=list)
+    histograms: list[list[int]] | None = None
+    mean_tv_distance: float | None = None
+    single_class_clients: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``sizes``, ``histograms``, ``mean_tv_distance``, ``single_class_clients``, ``warnings``."""
+        return {
+            "sizes": list(self.sizes),
+            "histograms": None if self.histograms is None else [list(h) for h in self.histograms],
+            "mean_tv_distance": self.mean_tv_distance,
+            "single_class_clients": list(self.single_class_clients),
+            "warnings": list(self.warnings),
+        }
+
+
+def partition_report(
+    labels: Sequence[Any] | np.ndarray,
+    partitions: Sequence[np.ndarray],
+    *,
+    label_names: Sequence[str] | None = None,
+    client_names: Sequence[str] | None = None,
+    max_lines: int = 20,
+) -> PartitionReport:
+    """Describe each client's share of a split, and warn about strong label skew.
+
+    Each client line gives the client (its name, else its index), its size
+    and its label counts (classes it lacks left out), e.g.
+    ``client 0: 1,204 examples  negative 602  positive 602``. Labels of a
+    floating dtype are taken as regression targets: the lines then give sizes
+    only, and there is no histogram and no class warning.
+
+    Warnings: one when clients hold a single class (naming up to five), one
+    when the mean total-variation distance between client and global label
+    distributions exceeds :data:`TV_WARNING`.
+
+    Parameters
+    ----------
+    labels : array-like
+        Labels of the whole split (see :func:`class_ids`).
+    partitions : sequence of numpy.ndarray
+        Index arrays into ``labels``, one per client.
+    label_names : sequence of str, optional
+        Name of each class id (e.g. ``["negative", "positive"]``).
+    client_names : sequence of str, optional
+        Name of each client (e.g. the group values of a natural split).
+    max_lines : int, default 20
+        Client lines to write; the rest are summed up in one line.
+
+    Returns
+    -------
+    PartitionReport
+        The lines, warnings and statistics.
+
+    Raises
+    ------
+    ValueError
+        If ``client_names`` does not have one name per partition, or
+        ``max_lines`` is negative.
+    """
+    if max_lines < 0:
+        raise ValueError(f"max_lines must be >= 0, got {max_lines}")
+    if client_names is not None and len(client_names) != len(partitions):
+        raise ValueError(
+            f"client_names has {len(client_names)} names for {len(partitions)} partitions"
+        )
+    sizes = [int(len(p)) for p in partitions]
+    regression = np.issubdtype(np.asarray(labels).dtype, np.floating)
+
+    def who(i: int) -> str:
+        return str(client_names[i]) if client_names is not None else str(i)
+
+    def class_name(c: int) -> str:
+        if label_names is not None and c < len(label_names):
+            return str(label_names[c])
+        return f"#{c}"
+
+    hist: np.ndarray | None = None
+    tv: float | None = None
+    single: list[int] = []
+    report_warnings: list[str] = []
+    if not regression:
+        hist = label_histograms(labels, partitions)
+        tv = mean_tv_distance(labels, partitions)
+        nonzero = (hist > 0).sum(axis=1)
+        if int((hist.sum(axis=0) > 0).sum()) > 1:
+            single = [int(i) for i in np.flatnonzero(nonzero == 1)]
+        if single:
+            named = ", ".join(who(i) for i in single[:5])
+            more = f" and {len(single) - 5} more" if len(single) > 5 else ""
+            report_warnings.append(
+                f"{len(single)} of {len(partitions)} clients hold a single class "
+                f"(client {named}{more}): their local training sees one label only"
+            )
+        if tv > TV_WARNING:
+            report_warnings.append(
+                f"mean total-variation distance {tv:.2f} between client and global label "
+                f"distributions exceeds {TV_WARNING}: the split is strongly non-IID"
+            )
+
+    lines = []
+    for i in range(min(max_lines, len(partitions))):
+        line = f"client {who(i)}: {sizes[i]:,} examples"
+        if hist is not None:
+            line += "".join(
+                f"  {class_name(int(c))} {int(hist[i, c]):,}" for c in np.flatnonzero(hist[i])
+            )
+        lines.append(line)
+    rest = sizes[max_lines:]
+    if rest:
+        lines.append(
+            f"... and {len(rest):,} more clients: sizes {min(rest):,} to {max(rest):,} "
+            f"(median {_format_count(float(np.median(rest)))})"
+        )
+    return PartitionReport(
+        lines=lines,
+        warnings=report_warnings,
+        sizes=sizes,
+        histograms=None if hist is None else hist.tolist(),
+        mean_tv_distance=tv,
+        single_class_clients=single,
+    )
