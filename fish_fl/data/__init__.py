@@ -5,8 +5,9 @@
 * :mod:`fish_fl.data.glue` -- the GLUE tasks of the FISH Mask paper from the
   hub, a local TSV folder or the embedded SST-2 sample; tokenisation and
   dynamic padding.
-* :mod:`fish_fl.data.partition` -- IID and Dirichlet client partitions
-  (flwr-datasets), the server's calibration sample, label statistics.
+* :mod:`fish_fl.data.partition` -- client partitions (flwr-datasets: IID,
+  Dirichlet, natural groups, pathological, size-skewed), the server's
+  calibration sample, label statistics and the per-client report.
 * :mod:`fish_fl.data.batch` -- ``(inputs, targets)`` batches and helpers.
 
 Heavy libraries (``datasets``, ``transformers``, ``flwr_datasets``) are only
@@ -29,11 +30,16 @@ from fish_fl.data.glue import (
 )
 from fish_fl.data.hub import DataUnavailableError, hub_offline
 from fish_fl.data.partition import (
+    PARTITION_SCHEMES,
+    TV_WARNING,
     ClientPartitions,
+    PartitionReport,
     label_histograms,
     make_client_partitions,
     mean_tv_distance,
+    natural_groups,
     partition_indices,
+    partition_report,
     partition_summary,
     split_calibration,
 )
@@ -53,6 +59,8 @@ from fish_fl.data.vision import (
 __all__ = [
     "CIFAR10_CLASSES",
     "GLUE_TASKS",
+    "PARTITION_SCHEMES",
+    "TV_WARNING",
     "Batch",
     "ClientPartitions",
     "DataUnavailableError",
@@ -63,6 +71,7 @@ __all__ = [
     "ImageSplits",
     "ImageTensorDataset",
     "Inputs",
+    "PartitionReport",
     "TextCollator",
     "TextSplit",
     "TokenizedDataset",
@@ -80,8 +89,10 @@ __all__ = [
     "make_text_loader",
     "mean_tv_distance",
     "move_batch",
+    "natural_groups",
     "normalize_images",
     "partition_indices",
+    "partition_report",
     "partition_summary",
     "read_glue_tsv",
     "split_calibration",

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from fish_fl.data.partition import (
+    PARTITION_SCHEMES,
+    TV_WARNING,
     class_ids,
     label_histograms,
     make_client_partitions,
     mean_tv_distance,
     partition_indices,
+    partition_report,
     partition_summary,
     split_calibration,
 )
@@ -29,15 +32,143 @@ def assert_disjoint_cover(parts: list[np.ndarray], expected: np.ndarray) -> None
         np.testing.assert_array_equal(p, np.sort(p))
 
 
-@pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
+@pytest.mark.parametrize(
+    "scheme", ["iid", "dirichlet", "pathological", "linear", "square", "exponential"]
+)
 def test_disjoint_cover_and_reproducible(scheme: str) -> None:
-    parts = partition_indices(LABELS, 7, scheme=scheme, alpha=0.5, seed=3)
+    parts = partition_indices(LABELS, 7, scheme=scheme, alpha=0.5, seed=3, classes_per_client=4)
     assert len(parts) == 7
     assert_disjoint_cover(parts, np.arange(LABELS.size))
-    again = partition_indices(LABELS, 7, scheme=scheme, alpha=0.5, seed=3)
+    again = partition_indices(LABELS, 7, scheme=scheme, alpha=0.5, seed=3, classes_per_client=4)
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
-    other = partition_indices(LABELS, 7, scheme=scheme, alpha=0.5, seed=4)
+    other = partition_indices(LABELS, 7, scheme=scheme, alpha=0.5, seed=4, classes_per_client=4)
     assert not all(np.array_equal(a, b) for a, b in zip(parts, other, strict=True))
+
+
+def test_scheme_list() -> None:
+    assert PARTITION_SCHEMES == (
+        "iid",
+        "dirichlet",
+        "natural",
+        "pathological",
+        "linear",
+        "square",
+        "exponential",
+    )
+
+
+GROUPS = np.array(["bob", 7, "alice", "bob", 7, "carol", "alice", 10, "bob", 10], dtype=object)
+
+
+def test_natural_split_matches_hand_grouping() -> None:
+    labels = np.zeros(GROUPS.size, dtype=np.int64)
+    parts = partition_indices(labels, 5, scheme="natural", groups=GROUPS)
+    assert_disjoint_cover(parts, np.arange(GROUPS.size))
+    # distinct values sorted as strings: "10" < "7" < "alice" < "bob" < "carol"
+    expected = [[7, 9], [1, 4], [2, 6], [0, 3, 8], [5]]
+    assert [p.tolist() for p in parts] == expected
+    # the seed plays no part
+    again = partition_indices(labels, 5, scheme="natural", groups=GROUPS, seed=99)
+    assert [p.tolist() for p in again] == expected
+
+
+def test_natural_split_errors() -> None:
+    labels = np.zeros(GROUPS.size, dtype=np.int64)
+    with pytest.raises(ValueError, match="has 5 distinct values; set num-clients=5"):
+        partition_indices(labels, 4, scheme="natural", groups=GROUPS)
+    with pytest.raises(ValueError, match="needs a group column"):
+        partition_indices(labels, 5, scheme="natural")
+    with pytest.raises(ValueError, match="groups has 9 values but there are 10 labels"):
+        partition_indices(labels, 5, scheme="natural", groups=GROUPS[:9])
+    with pytest.raises(ValueError, match="min_partition_size=2"):
+        partition_indices(labels, 5, scheme="natural", groups=GROUPS, min_partition_size=2)
+
+
+def test_natural_client_partitions_and_names() -> None:
+    groups = np.repeat([f"user{i:02d}" for i in range(6)], 50)
+    labels = np.tile([0, 1], 150)
+    result = make_client_partitions(
+        labels, 6, scheme="natural", groups=groups, seed=0, calibration_size=30
+    )
+    assert result.names == [f"user{i:02d}" for i in range(6)]
+    assert_disjoint_cover([*result.clients, result.calibration], np.arange(300))
+    for name, client in zip(result.names, result.clients, strict=True):
+        assert set(groups[client]) == {name}
+        assert not set(client) & set(result.calibration)
+    summary = result.summary(labels)
+    assert summary["client_names"] == result.names
+    assert summary["single_class_clients"] == [] and summary["warnings"] == []
+    assert "client_names" not in make_client_partitions(labels, 6).summary(labels)
+    assert make_client_partitions(labels, 6).names is None
+
+
+def test_natural_calibration_takes_a_whole_group() -> None:
+    groups = np.array(["a"] * 50 + ["b"] * 50 + ["c"])
+    labels = np.zeros(groups.size, dtype=np.int64)
+    # find a seed whose calibration draw takes the lone "c" row
+    seed = next(s for s in range(100) if 100 in split_calibration(101, 20, _calibration_seed(s))[0])
+    with pytest.raises(ValueError, match="leaving 2 distinct groups, fewer than the 3 clients"):
+        make_client_partitions(
+            labels, 3, scheme="natural", groups=groups, seed=seed, calibration_size=20
+        )
+    # the two groups left are fine for two clients
+    result = make_client_partitions(
+        labels, 2, scheme="natural", groups=groups, seed=seed, calibration_size=20
+    )
+    assert result.names == ["a", "b"]
+
+
+def _calibration_seed(seed: int) -> int:
+    calib_seq, _ = np.random.SeedSequence(seed).spawn(2)
+    return int(calib_seq.generate_state(1)[0])
+
+
+def test_pathological_gives_exactly_k_classes() -> None:
+    for k in (1, 2, 3):
+        parts = partition_indices(LABELS, 10, scheme="pathological", seed=0, classes_per_client=k)
+        assert_disjoint_cover(parts, np.arange(LABELS.size))
+        hist = label_histograms(LABELS, parts)
+        assert ((hist > 0).sum(axis=1) == k).all(), hist
+        # each class is shared evenly by the clients that hold it
+        for column in hist.T:
+            held = column[column > 0]
+            assert held.max() - held.min() <= 1
+    a = partition_indices(LABELS, 10, scheme="pathological", seed=5)
+    b = partition_indices(LABELS, 10, scheme="pathological", seed=5)
+    c = partition_indices(LABELS, 10, scheme="pathological", seed=6)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(label_histograms(LABELS, a), label_histograms(LABELS, c))
+
+
+def test_pathological_errors() -> None:
+    with pytest.raises(ValueError, match=r"classes_per_client must lie in \[1, 10\].*got 11"):
+        partition_indices(LABELS, 10, scheme="pathological", classes_per_client=11)
+    with pytest.raises(ValueError, match=r"classes_per_client must lie in \[1, 10\].*got 0"):
+        partition_indices(LABELS, 10, scheme="pathological", classes_per_client=0)
+    with pytest.raises(ValueError, match="cover at most 6 of the 10 classes"):
+        partition_indices(LABELS, 5, scheme="pathological", classes_per_client=2)
+    with pytest.raises(ValueError, match="fewer examples than clients"):
+        partition_indices(np.array([0, 0, 0, 1]), 3, scheme="pathological", classes_per_client=2)
+
+
+def test_size_skewed_schemes() -> None:
+    sizes = {
+        scheme: [len(p) for p in partition_indices(LABELS, 6, scheme=scheme, seed=1)]
+        for scheme in ("linear", "square", "exponential")
+    }
+    for scheme, s in sizes.items():
+        assert sum(s) == LABELS.size
+        assert all(a < b for a, b in zip(s, s[1:], strict=False)), (scheme, s)
+    # linear: proportional to 1..6
+    assert sizes["linear"][-1] / sizes["linear"][0] == pytest.approx(6, rel=0.05)
+    assert sizes["square"][-1] / sizes["square"][0] == pytest.approx(36, rel=0.1)
+    ratio = {k: s[-1] / s[0] for k, s in sizes.items()}
+    assert ratio["exponential"] > 10 * ratio["linear"], ratio
+    # shuffled first: the largest client is not a block of the sorted file
+    parts = partition_indices(LABELS, 6, scheme="linear", seed=1)
+    assert (label_histograms(LABELS, parts) > 0).all()
+    with pytest.raises(ValueError, match="partition=exponential.*use fewer clients"):
+        partition_indices(LABELS, 12, scheme="exponential")
 
 
 def test_iid_shards_are_equal_and_mixed() -> None:
@@ -171,3 +302,96 @@ def test_bad_input() -> None:
         partition_indices(LABELS, 2, seed=-1)
     with pytest.raises(ValueError, match="one-dimensional"):
         partition_indices(np.zeros((4, 2)), 2)
+
+
+def test_report_lines_are_capped() -> None:
+    parts = partition_indices(LABELS, 25, seed=0)
+    report = partition_report(LABELS, parts)
+    assert len(report.lines) == 21
+    assert all(line.startswith(f"client {i}: ") for i, line in enumerate(report.lines[:20]))
+    sizes = [len(p) for p in parts][20:]
+    assert report.lines[-1] == (
+        f"... and 5 more clients: sizes {min(sizes)} to {max(sizes)} "
+        f"(median {int(np.median(sizes))})"
+    )
+    assert report.warnings == []
+    assert len(partition_report(LABELS, parts, max_lines=30).lines) == 25
+
+
+def test_report_line_format() -> None:
+    labels = np.array([0] * 602 + [1] * 602 + [1] * 3)
+    parts = [np.arange(1204), np.arange(1204, 1207)]
+    report = partition_report(
+        labels, parts, label_names=["negative", "positive"], client_names=["x", "y"]
+    )
+    assert report.lines == [
+        "client x: 1,204 examples  negative 602  positive 602",
+        "client y: 3 examples  positive 3",
+    ]
+    assert partition_report(labels, parts).lines[1] == "client 1: 3 examples  #1 3"
+
+
+def test_report_single_class_warning() -> None:
+    labels = np.array([0, 1, 0, 1, 1, 1, 0, 0])
+    parts = [np.array([0, 1]), np.array([4, 5]), np.array([2, 3]), np.array([6, 7])]
+    report = partition_report(labels, parts)
+    assert report.single_class_clients == [1, 3]
+    single = [w for w in report.warnings if "single class" in w]
+    assert len(single) == 1 and "2 of 4 clients" in single[0] and "client 1, 3" in single[0]
+    many = partition_report(np.repeat([0, 1], 8), [np.array([i]) for i in range(16)])
+    assert (
+        "16 of 16 clients" in many.warnings[0] and "0, 1, 2, 3, 4 and 11 more" in (many.warnings[0])
+    )
+    assert many.as_dict()["single_class_clients"] == list(range(16))
+
+
+def test_report_tv_warning() -> None:
+    labels = np.repeat([0, 1], 200)
+    skewed = partition_indices(labels, 4, "dirichlet", alpha=0.1, seed=0, min_partition_size=0)
+    report = partition_report(labels, skewed)
+    assert report.mean_tv_distance is not None and report.mean_tv_distance > TV_WARNING
+    assert any("exceeds 0.3: the split is strongly non-IID" in w for w in report.warnings)
+    iid = partition_report(labels, partition_indices(labels, 4, "iid", seed=0))
+    assert iid.warnings == [] and iid.single_class_clients == []
+
+
+def test_report_tv_by_hand() -> None:
+    # global 6:2; client 0 holds [0, 0, 0, 1] (distance 0), client 1 [0, 0, 0, 1]
+    # (0); then a split with client 0 = [0, 0, 0, 0], client 1 = [0, 0, 1, 1]:
+    # |1 - .75| + |0 - .25| = .5 -> 0.25; |.5 - .75| + |.5 - .25| = .5 -> 0.25
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    even = partition_report(labels, [np.array([0, 1, 2, 6]), np.array([3, 4, 5, 7])])
+    assert even.mean_tv_distance == pytest.approx(0.0) and even.warnings == []
+    uneven = partition_report(labels, [np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7])])
+    assert uneven.mean_tv_distance == pytest.approx(0.25)
+    assert uneven.single_class_clients == [0]
+    assert not any("total-variation" in w for w in uneven.warnings)
+    # one class per client against a 50/50 mix: 0.5 > 0.3
+    halves = partition_report(np.array([0, 0, 1, 1]), [np.array([0, 1]), np.array([2, 3])])
+    assert halves.mean_tv_distance == pytest.approx(0.5)
+    assert halves.warnings[-1] == (
+        "mean total-variation distance 0.50 between client and global label distributions "
+        "exceeds 0.3: the split is strongly non-IID"
+    )
+    assert halves.as_dict() == {
+        "sizes": [2, 2],
+        "histograms": [[2, 0], [0, 2]],
+        "mean_tv_distance": pytest.approx(0.5),
+        "single_class_clients": [0, 1],
+        "warnings": halves.warnings,
+    }
+
+
+def test_report_regression_labels() -> None:
+    scores = np.random.default_rng(0).uniform(0, 5, 300).astype(np.float32)
+    parts = partition_indices(scores, 4, "linear", seed=0)
+    report = partition_report(scores, parts, max_lines=2)
+    assert report.lines[:2] == [f"client {i}: {len(parts[i])} examples" for i in range(2)]
+    assert report.lines[2].startswith("... and 2 more clients")
+    assert report.warnings == [] and report.single_class_clients == []
+    assert report.as_dict()["histograms"] is None and report.mean_tv_distance is None
+    # even a client of one score is no single-class warning
+    assert (
+        partition_report(np.array([1.0, 1.0, 2.0]), [np.array([0, 1]), np.array([2])]).warnings
+        == []
+    )
