@@ -23,12 +23,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import RunConfig
 from .fileio import dumps_strict, finite_or_none, write_json_atomic, write_text_atomic
 from .masks import Mask
 from .methods import method_class
+
+if TYPE_CHECKING:
+    from .data.partition import PartitionReport
+    from .tasks import LabelSpace
 
 __all__ = ["RunRecorder", "format_bytes"]
 
@@ -129,6 +133,22 @@ class RunRecorder:
             )
         for row in rows:
             self._print_row(row)
+
+    # -- before training -----------------------------------------------------
+    def record_data(self, report: PartitionReport, labels: LabelSpace) -> None:
+        """Print the clients' sizes and label histograms, and any non-IID warning.
+
+        Writes ``labels.json``: the label set the head's outputs stand for
+        (taken from the training data for a user's own files).
+        """
+        write_json_atomic(self.dir / "labels.json", labels.as_dict())
+        if self.stream is None:
+            return
+        for line in report.lines:
+            print(f"  {line}", file=self.stream)
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=self.stream)
+        self.stream.flush()
 
     # -- per round -----------------------------------------------------------
     def log_round(self, row: dict[str, Any]) -> None:

@@ -77,6 +77,8 @@ def _run_server(grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool) -
     data = load_task_data(config)
     model = build_task_model(config).to(device)
     recorder = RunRecorder(run_dir, config, resume=resume)
+    report = data.partitions.report(data.train_labels, label_names=data.labels.names)
+    recorder.record_data(report, data.labels)
     eval_loader = data.eval_loader()
 
     def evaluate(m: Any) -> dict[str, float]:
@@ -136,6 +138,7 @@ def _run_server(grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool) -
                 "full_bytes": info.full_bytes,
             },
             "partitions": data.partitions.summary(data.train_labels),
+            "labels": data.labels.as_dict(),
             **extra,
         }
     )

@@ -85,6 +85,11 @@ class RunConfig(MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, FederationKeys
         except ValueError as e:
             raise ConfigError(str(e)) from None
         task.check_config(self)
+        if self.partition == "natural" and not task.has_partition_column:
+            raise ConfigError(
+                f"partition=natural needs a column of client ids, and task={self.task} has none; "
+                "use task=text-classification with partition-column"
+            )
         if self.partition == "natural" and not self.partition_column:
             raise ConfigError(
                 "partition=natural needs partition-column (the training file's column of client ids)"

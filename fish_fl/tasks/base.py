@@ -66,6 +66,8 @@ class Task:
     aliases: tuple[str, ...] = ()
     #: One line for ``fish-fl`` help and the docs.
     summary: str = ""
+    #: Whether the task can read a column of client ids (``partition=natural``).
+    has_partition_column: ClassVar[bool] = False
 
     @property
     def is_image(self) -> bool:

@@ -373,6 +373,7 @@ class TextClassification(Task):
 
     name = "text-classification"
     kind = "text"
+    has_partition_column = True
     aliases = ("text", "text-regression")
     summary = "your own text files (csv, tsv, json, jsonl, parquet) or a hub data set"
 
@@ -438,9 +439,14 @@ class TextClassification(Task):
                 f"{config.train_file or config.hub_dataset!r} are float scores (regression)"
             )
         n = train_rows(config, len(splits.train))
-        check_calibration(config, n)
-        if config.num_clients > n:
-            raise ValueError(f"num-clients={config.num_clients} exceeds the {n} training examples")
+        left = n - check_calibration(config, n)
+        if config.num_clients > left:
+            kept = (
+                f" left after the {n - left} of the server's calibration sample" if left < n else ""
+            )
+            raise ValueError(
+                f"num-clients={config.num_clients} exceeds the {left} training examples{kept}"
+            )
 
 
 register_task(TextClassification())

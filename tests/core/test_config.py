@@ -206,7 +206,16 @@ def test_bad_choice(key: str, value: str) -> None:
             {"task": "text-classification", "data-source": "hub"},
             "task=text-classification with data-source=hub needs hub-dataset",
         ),
-        ({"partition": "natural"}, "partition=natural needs partition-column"),
+        ({"partition": "natural"}, "partition=natural needs a column of client ids"),
+        (
+            {
+                "partition": "natural",
+                "task": "text-classification",
+                "train-file": "t.csv",
+                "eval-file": "d.csv",
+            },
+            "partition=natural needs partition-column",
+        ),
     ],
 )
 def test_inconsistent_combinations(values: dict[str, Any], expected: str) -> None:

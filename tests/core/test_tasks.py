@@ -24,14 +24,18 @@ ROWS = [
 ]
 
 
-def write_table(path: Path, rows: list[dict[str, Any]], *, header: bool = True, bom: bool = False) -> Path:
+def write_table(
+    path: Path, rows: list[dict[str, Any]], *, header: bool = True, bom: bool = False
+) -> Path:
     """Write ``rows`` in the format the suffix names (each writer by hand, no shared helper)."""
     suffix = path.suffix
     if suffix in (".csv", ".tsv"):
         delimiter = "\t" if suffix == ".tsv" else ","
         with path.open("w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
             writer = csv.writer(
-                f, delimiter=delimiter, quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
+                f,
+                delimiter=delimiter,
+                quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
             )
             if header:
                 writer.writerow(list(rows[0]))
@@ -79,7 +83,18 @@ def load(config: RunConfig) -> Any:
 
 def test_every_glue_task_and_cifar_are_entries() -> None:
     names = task_names()
-    for name in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli-mm", "qnli", "rte", "cifar10"):
+    for name in (
+        "cola",
+        "sst2",
+        "mrpc",
+        "stsb",
+        "qqp",
+        "mnli",
+        "mnli-mm",
+        "qnli",
+        "rte",
+        "cifar10",
+    ):
         assert name in names
     assert task_entry("SST-2").name == "sst2" and task_entry("MNLI_mismatched").name == "mnli-mm"
     assert task_entry("STS-B").label_space(RunConfig()).regression
@@ -87,7 +102,9 @@ def test_every_glue_task_and_cifar_are_entries() -> None:
 
 
 def test_unknown_task_fails_when_the_config_is_built() -> None:
-    with pytest.raises(ConfigError, match=r"task='agnews' is not known; choose one of .*text-classification"):
+    with pytest.raises(
+        ConfigError, match=r"task='agnews' is not known; choose one of .*text-classification"
+    ):
         RunConfig.from_mapping({"task": "agnews"})
 
 
@@ -229,16 +246,22 @@ def test_an_evaluation_label_unseen_in_training_is_named(tmp_path: Path) -> None
     train = write_table(tmp_path / "train.csv", news(6))
     dev = write_table(tmp_path / "dev.csv", [{"text": "x", "label": "weather"}])
     message = _preflight_error(config_for(train, dev))
-    assert "eval-file=" in message and "'weather'" in message and "business, sports, tech" in message
+    assert (
+        "eval-file=" in message and "'weather'" in message and "business, sports, tech" in message
+    )
 
 
 def test_labels_that_do_not_parse(tmp_path: Path) -> None:
-    rows = [{"text": f"t{i}", "label": v} for i, v in enumerate(["0.5", "1.5", "2.5", "oops", "3.5"])]
+    rows = [
+        {"text": f"t{i}", "label": v} for i, v in enumerate(["0.5", "1.5", "2.5", "oops", "3.5"])
+    ]
     train = write_table(tmp_path / "train.csv", rows)
     assert "label 'oops' does not parse as a number" in _preflight_error(config_for(train, train))
     forced = config_for(train, train, **{"label-type": "regression"})
     assert "label 'oops' does not parse as a number" in _preflight_error(forced)
-    one = write_table(tmp_path / "one.csv", [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}])
+    one = write_table(
+        tmp_path / "one.csv", [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}]
+    )
     assert "one value only" in _preflight_error(config_for(one, one))
 
 
