@@ -33,6 +33,8 @@ __all__ = [
     "build_task_model",
     "check_calibration",
     "check_task",
+    "client_partitions",
+    "subset_rows",
     "train_rows",
     "evaluate_model",
     "load_task_data",
@@ -208,7 +210,7 @@ def load_task_data(config: RunConfig) -> TaskData:
     check_task(config)
     task = task_for(config)
     splits = task.load(config)
-    tr = _subset(len(splits.train), config.train_examples, config.seed)
+    tr = subset_rows(config, len(splits.train))
     ev = _subset(len(splits.held_out), config.eval_examples, config.seed + 1)
     if task.is_image:
         from .data.vision import ImageSplit
@@ -235,17 +237,34 @@ def load_task_data(config: RunConfig) -> TaskData:
         train = tokenize_split(train_split, tokenizer, config.max_length)
         held_out = tokenize_split(take(splits.held_out, ev), tokenizer, config.max_length)
         labels = np.asarray(train_split.labels)
+    partitions = client_partitions(config, labels, splits.groups, tr)
+    return TaskData(config, train, held_out, labels, partitions, splits.labels)
+
+
+def client_partitions(
+    config: RunConfig, labels: np.ndarray, groups: np.ndarray | None, rows: np.ndarray
+) -> ClientPartitions:
+    """The calibration sample and the client partitions of the run's training rows.
+
+    ``labels`` are those of the kept training rows; ``groups`` (the natural
+    partition column) are of the whole split and ``rows`` pick the kept
+    ones. Cheap (labels only), so pre-flight runs it too.
+    """
     calibration = check_calibration(config, len(labels))
-    partitions = make_client_partitions(
+    return make_client_partitions(
         labels,
         config.num_clients,
         scheme=config.partition,
         alpha=config.dirichlet_alpha,
         seed=config.seed,
         calibration_size=calibration,
-        **_partition_options(config, splits.groups, tr),
+        **_partition_options(config, groups, rows),
     )
-    return TaskData(config, train, held_out, labels, partitions, splits.labels)
+
+
+def subset_rows(config: RunConfig, n_train: int) -> np.ndarray:
+    """The training rows a run keeps of ``n_train`` (``train-examples``, seeded)."""
+    return _subset(n_train, config.train_examples, config.seed)
 
 
 def _partition_options(

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "LabelSpace",
     "Task",
     "TaskSplits",
@@ -81,6 +82,28 @@ def task_for(config: RunConfig) -> Task:
     return task_entry(config.task)
 
 
+_PLUGINS_LOADED = False
+
+#: Entry-point group through which another package adds tasks (see docs/data.md).
+ENTRY_POINT_GROUP = "fish_fl.tasks"
+
+
 def _load() -> None:
-    # The built-in entries register on import.
+    # The built-in entries register on import; then any installed package's
+    # entry points, once, so every process of a run (the server, each Ray
+    # worker) sees the same registry.
+    global _PLUGINS_LOADED
     from . import cifar, glue, text_files  # noqa: F401
+
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()
+        except Exception as e:  # a broken plugin names itself, and nothing else fails
+            raise ImportError(
+                f"task plugin {point.name!r} ({point.value}) failed to load: {e}"
+            ) from e

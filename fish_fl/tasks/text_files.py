@@ -430,7 +430,7 @@ class TextClassification(Task):
         )
 
     def preflight(self, config: RunConfig) -> None:
-        from ..task import check_calibration, train_rows
+        from ..task import check_calibration, client_partitions, subset_rows, train_rows
 
         splits = self.load(config)  # reads both files once; later loads hit the cache
         if splits.labels.regression and config.partition in ("dirichlet", "pathological"):
@@ -447,6 +447,10 @@ class TextClassification(Task):
             raise ValueError(
                 f"num-clients={config.num_clients} exceeds the {left} training examples{kept}"
             )
+        # The split itself (labels only): a natural column with another number of
+        # values than num-clients, or a pathological split it cannot make, fails here.
+        rows = subset_rows(config, len(splits.train))
+        client_partitions(config, splits.train.labels[rows], splits.groups, rows)
 
 
 register_task(TextClassification())

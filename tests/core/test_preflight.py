@@ -91,13 +91,34 @@ def _run_cli(
 # -- hole 9: the command line --------------------------------------------------------
 
 
+def _unseen(data: Path) -> Path:
+    path = data / "unseen.csv"
+    path.write_text("review,stars\nok,4\n", encoding="utf-8")
+    return path
+
+
 def _cases(data: Path) -> dict[str, tuple[list[str], str]]:
     """``--set`` overrides of the default preset, and what the one-line error must say."""
     bad_glue = _sst2_folder(data / "bad-glue", "text\tpolarity\nfine\t1\n")
     cifar = tiny_cifar(data / "cifar.npz")
     vision = [f"data-dir={cifar}", "data-source=local", "task=cifar10", "model=resnet18"]
+    user = data / "user.csv"
+    user.write_text("review,stars\ngood,5\nbad,1\nfine,3\n", encoding="utf-8")
+    mine = ["task=text-classification", f"train-file={user}", f"eval-file={user}"]
     return {
         "task-unknown": (["task=agnews"], "agnews"),
+        "user-file-missing": (
+            ["task=text-classification", "train-file=/nonexistent.csv", f"eval-file={user}"],
+            "train-file='/nonexistent.csv' does not exist",
+        ),
+        "user-columns": (
+            mine,
+            "lacks the columns asked for (text-column='text', label-column='label')",
+        ),
+        "user-label-unseen": (
+            [*mine[:2], f"eval-file={_unseen(data)}", "text-column=review", "label-column=stars"],
+            "label '4' (row 1) does not occur in the training data",
+        ),
         "data-dir-missing": (["data-source=local", "data-dir=/nonexistent"], "/nonexistent"),
         "glue-columns": (
             ["data-source=local", f"data-dir={bad_glue}"],
@@ -135,6 +156,9 @@ def _cases(data: Path) -> dict[str, tuple[list[str], str]]:
     "case",
     [
         "task-unknown",
+        "user-file-missing",
+        "user-columns",
+        "user-label-unseen",
         "data-dir-missing",
         "glue-columns",
         "embedded-other-task",

@@ -281,3 +281,67 @@ def test_a_bom_in_an_official_glue_file_loads(tmp_path: Path) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + (header + body).encode())
     split = read_glue_tsv(path, "mrpc")
     assert split.labels.tolist() == [1, 0] and split.text_b == ["He did say so.", "A dog."]
+
+
+def test_a_natural_column_with_another_number_of_values_than_clients(tmp_path: Path) -> None:
+    rows = [{"text": f"t{i}", "label": i % 2, "user": f"u{i % 3}"} for i in range(30)]
+    train = write_table(tmp_path / "train.csv", rows)
+    keys = {"partition": "natural", "partition-column": "user", "fisher-samples": 4}
+    message = _preflight_error(config_for(train, train, **keys, **{"num-clients": 2}))
+    assert "3 distinct values" in message and "num-clients=3" in message
+    missing = _preflight_error(config_for(train, train, **{**keys, "partition-column": "site"}))
+    assert "partition-column='site'" in missing
+
+
+def test_the_documented_task_example_runs(tmp_path: Path) -> None:
+    """docs/data.md's "Adding a data set" entry, executed as written there."""
+    import re
+
+    from fish_fl.task import load_task_data
+    from fish_fl.tasks import text_files  # noqa: F401  (the registry's own entries first)
+
+    doc = (Path(__file__).parents[2] / "docs" / "data.md").read_text()
+    section = doc[doc.index("### Adding a data set") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    classes = ("business", "sci/tech", "sports", "world")
+    for name, n in (("train.tsv", 40), ("test.tsv", 8)):
+        lines = [f"news item {i}\t{classes[i % 4]}" for i in range(n)]
+        (tmp_path / name).write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    namespace: dict[str, Any] = {}
+    from fish_fl import tasks
+
+    try:
+        exec(compile(code.group(1), "docs/data.md", "exec"), namespace)
+        config = RunConfig.from_mapping(
+            {
+                "task": "ag-news",
+                "data-source": "local",
+                "data-dir": str(tmp_path),
+                "num-clients": 2,
+                "fisher-samples": 8,
+            }
+        )
+        data = load_task_data(config)
+        assert data.labels.names == classes and data.metric_task == "classification"
+        assert sorted(data.train_labels.tolist()) == sorted(i % 4 for i in range(40))
+        assert sum(data.partitions.sizes()) == 40 - 8
+        config = RunConfig.from_mapping(
+            {"task": "agnews", "data-source": "local", "data-dir": str(tmp_path / "x")}
+        )
+        assert "lacks train.tsv" in _preflight_error(config)
+    finally:
+        tasks._TASKS.pop("agnews", None)
+        tasks._ALIASES.pop("agnews", None)
+
+
+def test_a_hub_data_set_offline_fails_at_once_naming_it_and_the_local_route(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = RunConfig.from_mapping(
+        {"task": "text-classification", "data-source": "hub", "hub-dataset": "fancyzhx/ag_news"}
+    )
+    message = _preflight_error(config)
+    assert "hub-dataset='fancyzhx/ag_news'" in message and "unreachable" in message
+    assert "docs/data.md" in message
