@@ -14,6 +14,7 @@ from .commands.plot import plot_command
 from .commands.prune import prune_command
 from .commands.run import run_command
 from .commands.sweep import sweep_command
+from .commands.tasks import tasks_command
 
 app = typer.Typer(
     name="fish-fl",
@@ -31,6 +32,7 @@ app.command("apply")(apply_command)
 app.command("distance")(distance_command)
 app.command("sweep")(sweep_command)
 app.command("prune")(prune_command)
+app.command("tasks")(tasks_command)
 
 
 def main() -> None:

@@ -189,3 +189,22 @@ def test_flower_app_bundle_carries_the_embedded_sample(project_root: Path) -> No
     } <= names
     assert {"strategies/server_app.py", "clients/client_app.py", "fish_fl/fisher.py"} <= names
     assert len(fab) < 10 * 2**20
+
+
+def test_fish_fl_tasks_lists_every_registered_task(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from fish_fl.tasks import task_names
+    from sims.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fish-fl", "tasks"])
+    try:
+        main()
+    except SystemExit as stop:
+        assert stop.code in (0, None)
+    out = capsys.readouterr().out
+    listed = {line.split()[0] for line in out.splitlines() if line and not line.startswith("Your")}
+    assert listed == set(task_names())
+    assert "text-classification  text" in out and "cifar10" in out
