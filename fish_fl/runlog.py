@@ -47,6 +47,14 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
+#: Short headers of the table's score column.
+_SHORT_METRIC = {
+    "matthews_correlation": "matthews",
+    "f1_accuracy_mean": "f1/acc",
+    "pearson_spearman_mean": "pear/spear",
+}
+
+
 class RunRecorder:
     """Writes a run folder and prints a per-round table.
 
@@ -95,6 +103,9 @@ class RunRecorder:
         # A method may add columns of its own (see SparseMethod.log_columns).
         self.method = method_class(config.mask_method)
         self.columns = self.COLUMNS + self.method.log_columns
+        from .methods import trains
+
+        self._trains_all = trains(config.mask_method) == "all"
 
     def restore(self, rnd: int, mask: Mask | None, mask_version: int) -> None:
         """Continue a run folder after round ``rnd``: drop anything logged later.
@@ -168,15 +179,21 @@ class RunRecorder:
         if self.stream is None:
             return
         if not self._header_printed:
-            head = " ".join(f"{name:>{w}}" for name, w in self.columns)
+            # The score column is headed by the metric it holds (accuracy, matthews, ...).
+            metric = _SHORT_METRIC.get(str(row.get("metric")), str(row.get("metric") or "metric"))
+            names = [(metric if name == "metric" else name, w) for name, w in self.columns]
+            head = " ".join(f"{name[: max(w, 10)]:>{w}}" for name, w in names)
             print(head, file=self.stream)
             print("-" * len(head), file=self.stream)
             self._header_printed = True
         score = row.get("score")
         ev = row.get("eval") or {}
+        phase = row.get("phase", "")
+        if phase == "sparse" and self._trains_all:
+            phase = "dense"  # a dense run trains through the same masked path
         cells = [
             str(row["round"]),
-            row.get("phase", ""),
+            phase,
             "-" if score is None else f"{score:.4f}",
             "-" if "loss" not in ev else f"{ev['loss']:.4f}",
             "-" if row.get("train_loss") is None else f"{row['train_loss']:.4f}",

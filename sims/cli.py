@@ -40,6 +40,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for ours in ("fish_fl", "strategies", "clients", "sims"):
         logging.getLogger(ours).setLevel(logging.INFO)
+    # Flower prints its records with its own (coloured) handler; passing them on
+    # to the root handler as well printed each of them twice.
+    logging.getLogger("flwr").propagate = False
     import transformers
 
     transformers.logging.set_verbosity_error()

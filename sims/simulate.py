@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ def simulate(
     from strategies.server_app import FAILURE, make_server_app
 
     preflight(config)
+    if not verbose:
+        _quiet_known_notices()
     os.environ["FISH_FL_SIMULATION"] = "1"  # clients size their torch thread pools
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     backend_config: dict[str, Any] = {
@@ -91,6 +94,30 @@ def simulate(
     if not summary_path.is_file():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir}")
     return dict(json.loads(summary_path.read_text()))
+
+
+class _DropSimulationDeprecation(logging.Filter):
+    """Flower warns on every ``run_simulation`` call; ``fish-fl run`` calls it on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("DEPRECATED FEATURE" in text and "run_simulation" in text)
+
+
+def _quiet_known_notices() -> None:
+    """Keep the terminal to what the user needs: no notice the user cannot act on.
+
+    Flower's deprecation of ``run_simulation`` (the ``flwr run`` route of
+    docs/deployment.md is the supported alternative) and Ray's tip about a
+    future default for the GPU visibility of zero-GPU actors (fish-fl relies
+    on today's default, which hides GPUs from clients that ask for none).
+    """
+    flwr_logger = logging.getLogger("flwr")
+    if not any(isinstance(f, _DropSimulationDeprecation) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_DropSimulationDeprecation())
+    warnings.filterwarnings(
+        "ignore", message=r"Tip: In future versions of Ray", category=FutureWarning
+    )
 
 
 def _root_cause(error: BaseException) -> str:

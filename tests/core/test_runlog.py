@@ -108,3 +108,23 @@ def test_summary_holds_the_traffic_totals_of_the_last_round(tmp_path: Path) -> N
         "cum_paper_fme": 1.0,
     }
     assert _strict((tmp_path / "summary.json").read_text())["traffic"] == summary["traffic"]
+
+
+def test_the_table_names_its_metric_and_calls_a_dense_run_dense(tmp_path: Path) -> None:
+    import io
+
+    stream = io.StringIO()
+    dense = RunConfig.from_mapping({"mask-method": "dense", "density": 1.0})
+    recorder = RunRecorder(tmp_path / "d", dense, stream=stream)
+    recorder.log_round({"round": 0, "phase": "init", "score": 0.5, "metric": "matthews_correlation"})
+    recorder.log_round({"round": 1, "phase": "sparse", "score": 0.6, "metric": "matthews_correlation"})
+    header, _, first, second = stream.getvalue().splitlines()
+    assert header.split()[2] == "matthews" and "metric" not in header
+    assert second.split()[1] == "dense" and first.split()[1] == "init"
+    # metrics.jsonl keeps what the strategy logged
+    assert _lines(tmp_path / "d" / "metrics.jsonl")[1]["phase"] == "sparse"
+    stream = io.StringIO()
+    recorder = RunRecorder(tmp_path / "f", RunConfig(), stream=stream)
+    recorder.log_round({"round": 1, "phase": "sparse", "score": 0.6, "metric": "accuracy"})
+    header, _, row = stream.getvalue().splitlines()
+    assert header.split()[2] == "accuracy" and row.split()[1] == "sparse"
