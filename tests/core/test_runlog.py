@@ -116,8 +116,12 @@ def test_the_table_names_its_metric_and_calls_a_dense_run_dense(tmp_path: Path) 
     stream = io.StringIO()
     dense = RunConfig.from_mapping({"mask-method": "dense", "density": 1.0})
     recorder = RunRecorder(tmp_path / "d", dense, stream=stream)
-    recorder.log_round({"round": 0, "phase": "init", "score": 0.5, "metric": "matthews_correlation"})
-    recorder.log_round({"round": 1, "phase": "sparse", "score": 0.6, "metric": "matthews_correlation"})
+    recorder.log_round(
+        {"round": 0, "phase": "init", "score": 0.5, "metric": "matthews_correlation"}
+    )
+    recorder.log_round(
+        {"round": 1, "phase": "sparse", "score": 0.6, "metric": "matthews_correlation"}
+    )
     header, _, first, second = stream.getvalue().splitlines()
     assert header.split()[2] == "matthews" and "metric" not in header
     assert second.split()[1] == "dense" and first.split()[1] == "init"
