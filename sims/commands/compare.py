@@ -3,7 +3,8 @@
 Besides the task metric, the table reports the communication of each run and
 its reduction against dense federated averaging, the quantity behind the
 FISH Mask paper's communication claims (Sung, Nair and Raffel, NeurIPS 2021,
-arXiv 2111.09839, Section 5.3). The dense reference is a compared run whose
+arXiv 2111.09839, Section 5.3), per sampled client and round and only
+within a task. The dense reference is a compared run of the same task whose
 mask method is ``dense`` when there is one (measured bytes), otherwise the
 analytic cost of dense FedAvg: per round, every sampled client downloads and
 uploads the full float32 model.
@@ -87,43 +88,66 @@ def _density(record: RunRecord) -> str:
     return f"{100 * record.density:.3g}%"
 
 
-def _analytic_dense_round_bytes(record: RunRecord) -> float | None:
-    """Dense FedAvg per round: every sampled client downloads and uploads the full model."""
-    full, sampled = record.full_model_bytes, record.sampled_clients
-    if full is None or sampled is None:
+def _client_round_bytes(record: RunRecord) -> float | None:
+    """Mean bytes (up + down) per sampled client and training round."""
+    mean, sampled = record.mean_round_bytes(), record.sampled_clients
+    if mean is None or not sampled:
         return None
-    return 2.0 * sampled * full
+    return mean / sampled
+
+
+def _analytic_dense_client_round_bytes(record: RunRecord) -> float | None:
+    """Dense FedAvg per client and round: the full float32 model down and up."""
+    full = record.full_model_bytes
+    return None if full is None else 2.0 * full
+
+
+def _task_of(record: RunRecord) -> str:
+    """What a run trains on: its task, and for a user's own data the data it names."""
+    config = record.config
+    task = str(config.get("task") or "?")
+    data = config.get("train-file") or config.get("hub-dataset") or ""
+    return f"{task} ({data})" if data else task
 
 
 def compare_runs(records: Sequence[RunRecord]) -> Comparison:
     """Tabulate runs: metric, traffic and reduction of traffic against dense training.
 
-    The reduction is ``dense bytes per round / this run's mean bytes per
-    round`` (up + down, over the training rounds run). The dense bytes per
-    round are those of the first compared run with mask method ``dense``, if
-    any has run a round; else each run's analytic dense FedAvg cost,
-    ``2 x clients sampled per round x full-model bytes``.
+    The reduction is measured per sampled client and training round, so runs
+    with different client counts compare fairly: ``dense bytes per client-round
+    / this run's bytes per client-round`` (up + down, mean over the rounds run).
+    The dense reference of a run is the first compared run with mask method
+    ``dense`` *on the same task* that has run a round; a task without one is
+    compared with the analytic cost of dense FedAvg, the full float32 model
+    down and up per client-round. The reference sentence names each.
     """
-    dense = next(
-        (r for r in records if r.method == "dense" and r.mean_round_bytes() is not None), None
+    references: dict[str, RunRecord] = {}
+    for r in records:
+        if r.method == "dense" and _client_round_bytes(r) is not None:
+            references.setdefault(_task_of(r), r)
+    tasks = list(dict.fromkeys(_task_of(r) for r in records))
+    said = []
+    for task in tasks:
+        ref = references.get(task)
+        said.append(
+            f"{task}: the dense run {ref.name!r}"
+            if ref is not None
+            else f"{task}: analytic dense FedAvg (the full float32 model down and up)"
+        )
+    reference = (
+        "vs dense: dense bytes per client and round over this run's (up + down), within a task; "
+        + "; ".join(said)
     )
-    if dense is not None:
-        reference = (
-            f"vs dense: mean bytes per round of the dense run {dense.name!r} "
-            "over this run's mean bytes per round (up + down)"
-        )
-    else:
-        reference = (
-            "vs dense: analytic dense FedAvg bytes per round (2 x clients sampled x full "
-            "float32 model) over this run's mean bytes per round (up + down)"
-        )
     rows, reductions = [], []
     for record in records:
-        mean = record.mean_round_bytes()
+        mine = _client_round_bytes(record)
+        ref = references.get(_task_of(record))
         base = (
-            dense.mean_round_bytes() if dense is not None else _analytic_dense_round_bytes(record)
+            _client_round_bytes(ref)
+            if ref is not None
+            else _analytic_dense_client_round_bytes(record)
         )
-        reduction = base / mean if base is not None and mean else None
+        reduction = base / mine if base is not None and mine else None
         reductions.append(reduction)
         rows.append(
             {

@@ -71,6 +71,24 @@ def test_reduction_against_analytic_dense_fedavg(tmp_path: Path) -> None:
     assert compare_runs([load_run(crashed)]).reductions == [pytest.approx(320_000 / 1000)]
 
 
+def test_reduction_is_per_client_round_and_within_a_task(tmp_path: Path) -> None:
+    # Dense on 2 clients: 40_000 bytes each way per client and round.
+    dense = write_run(tmp_path, "dense2", method="dense", scores=(0.5, 0.8, 0.9))
+    # FISH 1% on 4 clients: 100 values x 4 bytes each way per client and round.
+    fish4 = write_run(tmp_path, "fish4", density=0.01, clients=4, scores=(0.5, 0.7, 0.8))
+    # A run of another task: compared with its own (analytic) dense, not with dense2.
+    other = write_run(tmp_path, "cola", density=0.01, clients=4, scores=(0.5, 0.6, 0.7))
+    config = json.loads((other / "config.json").read_text())
+    config["task"] = "cola"
+    (other / "config.json").write_text(json.dumps(config))
+    comparison = compare_runs([load_run(dense), load_run(fish4), load_run(other)])
+    # 80_000 bytes per client-round dense against 800 for FISH: 100x, whatever the clients.
+    assert comparison.reductions[1] == pytest.approx(80_000 / 800)
+    assert comparison.reductions[2] == pytest.approx(2 * 40_000 / 800)
+    assert "sst2: the dense run 'dense2'" in comparison.reference
+    assert "cola: analytic dense FedAvg" in comparison.reference
+
+
 def test_density_column_of_whole_tensor_and_supermask_runs(tmp_path: Path) -> None:
     bitfit = write_run(tmp_path, "bitfit", method="bitfit", density=0.005, scores=(0.5, 0.6))
     summary = json.loads((bitfit / "summary.json").read_text())
@@ -102,7 +120,8 @@ def test_plain_table_is_aligned(tmp_path: Path) -> None:
     # Every column starts at the same offset in every line.
     assert first.index("fish") == second.index("random") == header.index("method")
     assert first.rstrip().endswith("x") and len(first.rstrip()) == len(second.rstrip())
-    assert lines[-1].startswith("vs dense: analytic")
+    assert lines[-1].startswith("vs dense: dense bytes per client and round")
+    assert "sst2: analytic dense FedAvg" in lines[-1]
 
 
 def test_markdown_table(tmp_path: Path) -> None:
