@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .data.partition import PartitionReport
     from .tasks import LabelSpace
 
-__all__ = ["RunRecorder", "format_bytes"]
+__all__ = ["TENSORBOARD", "board_scalars", "RunRecorder", "format_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,43 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"  # pragma: no cover
+
+
+#: Folder of the run's TensorBoard event files.
+TENSORBOARD = "tensorboard"
+
+_TRAFFIC = ("bytes", "fme", "messages", "mask_broadcasts")
+
+
+def board_scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The TensorBoard scalars of one ``metrics.jsonl`` row, by tag.
+
+    ``eval/<metric>`` for every held-out metric (and ``eval/score``, the
+    task's primary one), ``train/loss``, ``traffic/<key>`` for bytes,
+    messages and full-model equivalents (per round and cumulative),
+    ``privacy/epsilon`` once a run reports it, and ``round/<key>`` for every
+    other number of the row (replies, rejections, times, a method's own).
+    """
+    out: dict[str, float] = {}
+    for key, value in (row.get("eval") or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"eval/{key}"] = float(value)
+    for key, value in row.items():
+        if key in ("round", "eval") or isinstance(value, bool):
+            continue
+        if not isinstance(value, (int, float)):
+            continue
+        if key == "score":
+            out["eval/score"] = float(value)
+        elif key == "train_loss":
+            out["train/loss"] = float(value)
+        elif key == "epsilon":
+            out["privacy/epsilon"] = float(value)
+        elif any(part in key for part in _TRAFFIC):
+            out[f"traffic/{key}"] = float(value)
+        else:
+            out[f"round/{key}"] = float(value)
+    return out
 
 
 #: Short headers of the table's score column.
@@ -100,6 +137,10 @@ class RunRecorder:
         if not resume:
             write_text_atomic(self.metrics_path, "")
         self._header_printed = False
+        # TensorBoard events (``tensorboard --logdir runs``); a resumed run drops
+        # the events of rounds after its checkpoint, as metrics.jsonl does.
+        self._board: Any = None
+        self._board_from = 0
         # A method may add columns of its own (see SparseMethod.log_columns).
         self.method = method_class(config.mask_method)
         self.columns = self.COLUMNS + self.method.log_columns
@@ -125,6 +166,7 @@ class RunRecorder:
                     if row.get("round", rnd + 1) <= rnd:
                         rows.append(row)
         self.rows = rows
+        self._board_from = rnd + 1
         write_text_atomic(
             self.metrics_path, "".join(dumps_strict(r, sort_keys=True) + "\n" for r in rows)
         )
@@ -174,6 +216,22 @@ class RunRecorder:
             f.flush()
             os.fsync(f.fileno())
         self._print_row(row)
+        self._board_row(row)
+
+    def _board_row(self, row: dict[str, Any]) -> None:
+        """Every per-round number as a TensorBoard scalar, at the round as step."""
+        if self._board is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._board = SummaryWriter(
+                log_dir=str(self.dir / TENSORBOARD),
+                purge_step=self._board_from or None,
+            )
+            self._board.add_text("config", "    " + self.config.to_json().replace("\n", "\n    "))
+        step = int(row["round"])
+        for name, value in board_scalars(row).items():
+            self._board.add_scalar(name, value, step)
+        self._board.flush()
 
     def _print_row(self, row: dict[str, Any]) -> None:
         if self.stream is None:
@@ -234,8 +292,15 @@ class RunRecorder:
             self.dir / "mask.safetensors", metadata={"version": str(version), "method": method}
         )
 
+    def close(self) -> None:
+        """Close the TensorBoard writer (``finish`` does; a failed run calls it too)."""
+        if self._board is not None:
+            self._board.close()
+            self._board = None
+
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Write ``summary.json`` (adds final and best evaluated metric, the traffic totals)."""
+        self.close()
         evaluated = [r for r in self.rows if r.get("score") is not None and r["round"] > 0]
         if evaluated:
             final = evaluated[-1]

@@ -109,6 +109,7 @@ def _run_server(grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool) -
     try:
         strategy.start(grid)
     except RunFailed as e:
+        recorder.close()
         # Keep the rounds already written; say why the run stopped, for the caller.
         write_json_atomic(run_dir / FAILURE, {"reason": str(e)}, indent=None)
         logger.error("run failed: %s", e)

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fish_fl.config import RunConfig
 from fish_fl.masks import Mask
 from fish_fl.runlog import RunRecorder
@@ -132,3 +134,54 @@ def test_the_table_names_its_metric_and_calls_a_dense_run_dense(tmp_path: Path) 
     recorder.log_round({"round": 1, "phase": "sparse", "score": 0.6, "metric": "accuracy"})
     header, _, row = stream.getvalue().splitlines()
     assert header.split()[2] == "accuracy" and row.split()[1] == "sparse"
+
+
+def _board(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_holds_every_per_round_number(tmp_path: Path) -> None:
+    from fish_fl.runlog import TENSORBOARD
+
+    recorder = RunRecorder(tmp_path, RunConfig(), stream=None)
+    rows = [
+        {"round": 0, "score": 0.5, "metric": "accuracy", "eval": {"accuracy": 0.5, "loss": 0.7},
+         "cum_fme": 0.0, "bytes_up": 0, "replies": 0, "skipped": False, "phase": "init"},
+        {"round": 1, "score": 0.75, "metric": "accuracy", "eval": {"accuracy": 0.75, "loss": 0.5},
+         "train_loss": 0.6, "cum_fme": 0.04, "bytes_up": 1000, "replies": 2, "epsilon": 3.5},
+    ]  # fmt: skip
+    for row in rows:
+        recorder.log_round(dict(row))
+    recorder.finish({})
+    board = _board(tmp_path / TENSORBOARD)
+    assert board["eval/accuracy"] == [(0, 0.5), (1, 0.75)]
+    assert board["eval/score"] == [(0, 0.5), (1, 0.75)]
+    assert board["eval/loss"] == [(0, pytest.approx(0.7)), (1, 0.5)]
+    assert board["train/loss"] == [(1, pytest.approx(0.6))]  # round 0 had none
+    assert board["traffic/cum_fme"] == [(0, 0.0), (1, pytest.approx(0.04))]
+    assert board["traffic/bytes_up"] == [(0, 0.0), (1, 1000.0)]
+    assert board["round/replies"] == [(0, 0.0), (1, 2.0)]
+    assert board["privacy/epsilon"] == [(1, 3.5)]
+    assert not any("phase" in tag or "skipped" in tag for tag in board)
+
+
+def test_a_resumed_run_drops_the_board_events_after_its_checkpoint(tmp_path: Path) -> None:
+    from fish_fl.runlog import TENSORBOARD
+
+    first = RunRecorder(tmp_path, RunConfig(), stream=None)
+    for rnd, score in enumerate((0.5, 0.6, 0.7)):  # round 2 ran after the last checkpoint
+        first.log_round({"round": rnd, "score": score, "metric": "accuracy"})
+    first.close()
+    again = RunRecorder(tmp_path, RunConfig(), stream=None, resume=True)
+    again.restore(1, None, 0)
+    again.log_round({"round": 2, "score": 0.65, "metric": "accuracy"})
+    again.finish({})
+    assert _board(tmp_path / TENSORBOARD)["eval/score"] == [
+        (0, 0.5),
+        (1, pytest.approx(0.6)),
+        (2, pytest.approx(0.65)),
+    ]
