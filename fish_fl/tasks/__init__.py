@@ -83,4 +83,4 @@ def task_for(config: RunConfig) -> Task:
 
 def _load() -> None:
     # The built-in entries register on import.
-    from . import cifar, glue, text_files  # noqa: F401
+    from . import cifar, glue, images, text_files  # noqa: F401
