@@ -701,13 +701,14 @@ def _processor_settings(model: str) -> tuple[int, tuple[float, ...], tuple[float
         logger.info("model %s has no image processor (%s): ImageNet statistics", model, err)
         config = _from_pretrained(AutoConfig, "model config", source, None)
         return int(getattr(config, "image_size", 224) or 224), IMAGENET_MEAN, IMAGENET_STD
-    size: Any = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-    side = (
-        size.get("height") or size.get("shortest_edge") or 224 if isinstance(size, dict) else size
-    )
+    # An int, a dict, or (fast processors) a SizeDict with the same keys as attributes.
+    size: Any = getattr(processor, "crop_size", None) or getattr(processor, "size", None)
+    side = size if isinstance(size, int) else None
+    for key in ("height", "shortest_edge"):
+        side = side or (size.get(key) if isinstance(size, dict) else getattr(size, key, None))
     mean = getattr(processor, "image_mean", None) or IMAGENET_MEAN
     std = getattr(processor, "image_std", None) or IMAGENET_STD
-    return int(side), tuple(mean), tuple(std)
+    return int(side or 224), tuple(mean), tuple(std)
 
 
 # --------------------------------------------------------------------------- both
