@@ -58,7 +58,15 @@ class Cifar10(Task):
                 f"no embedded {self.name} sample ships; use data-source=local (data-dir) or hub"
             )
         if config.data_source == "local":
-            check_image_source(Path(config.data_dir), num_classes=self.num_classes)
+            n = check_image_source(Path(config.data_dir), num_classes=self.num_classes)
+            if n is not None:
+                from ..task import train_rows
+
+                n = train_rows(config, n)
+                if config.num_clients > n:
+                    raise ValueError(
+                        f"num-clients={config.num_clients} exceeds the {n} training images"
+                    )
         # the torchvision route downloads when it loads
 
 
@@ -76,8 +84,11 @@ class Cifar100(Cifar10):
 
 def check_image_source(
     path: Path, held_out: tuple[str, ...] = ("test",), num_classes: int = 10
-) -> None:
-    """A ``.npz`` file, torchvision's folder or an image folder, checked for its layout only."""
+) -> int | None:
+    """A ``.npz`` file, torchvision's folder or an image folder, checked for its layout only.
+
+    Returns the number of training images of a ``.npz`` file, None otherwise.
+    """
     from ..data.vision import IMAGE_SUFFIXES
 
     if not path.exists():
@@ -85,10 +96,9 @@ def check_image_source(
             f"data-dir={str(path)!r} does not exist: expected a .npz file or an image folder"
         )
     if path.is_file():
-        check_npz(path, num_classes)
-        return
+        return check_npz(path, num_classes)
     if (path / "cifar-10-batches-py").is_dir() or (path / "cifar-100-python").is_dir():
-        return
+        return None
     found = [s for s in held_out if (path / s).is_dir()]
     for split in ("train", found[0] if found else held_out[0]):
         folder = path / split
@@ -100,13 +110,14 @@ def check_image_source(
                 f"expected a .npz file, or train/ and {' or '.join(f'{s}/' for s in held_out)} "
                 "image folders"
             )
+    return None
 
 
-def check_npz(path: Path, num_classes: int = 10) -> None:
+def check_npz(path: Path, num_classes: int = 10) -> int:
     """Array names and shapes from the headers, and the labels, without reading the images.
 
     Labels must lie below the length of the file's ``classes`` array, or
-    below ``num_classes`` when it has none.
+    below ``num_classes`` when it has none. Returns the number of training images.
     """
     if path.suffix.lower() != ".npz":
         raise ValueError(f"data-dir={str(path)!r} is not a .npz file")
@@ -143,6 +154,7 @@ def check_npz(path: Path, num_classes: int = 10) -> None:
                 )
             if labels.size and (labels.min() < 0 or labels.max() >= classes):
                 raise ValueError(f"data-dir={str(path)!r}: {split} labels outside [0, {classes})")
+    return int(shapes["x_train"][0])
 
 
 register_task(Cifar10())

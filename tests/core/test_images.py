@@ -206,14 +206,16 @@ def test_cifar100_from_an_npz(tmp_path: Path) -> None:
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
 
 
-def test_cifar100_npz_with_labels_beyond_100_fails_in_preflight(tmp_path: Path) -> None:
-    path = tiny_cifar100(tmp_path / "c100.npz", top=101)
+def test_cifar100_npz_errors_fail_in_preflight(tmp_path: Path) -> None:
+    bad = tiny_cifar100(tmp_path / "bad.npz", top=101)
     with pytest.raises(PreflightError, match=r"train labels outside \[0, 100\)"):
-        preflight(image_config(path, task="cifar100"), simulation=False)
+        preflight(image_config(bad, task="cifar100"), simulation=False)
+    path = tiny_cifar100(tmp_path / "c100.npz")
+    with pytest.raises(PreflightError, match="num-clients=300 exceeds the 200 training images"):
+        preflight(image_config(path, task="cifar100", **{"num-clients": 300}), simulation=False)
     # the same file is too many classes for CIFAR-10
-    tiny_cifar100(tmp_path / "ok.npz")
     with pytest.raises(PreflightError, match=r"labels outside \[0, 10\)"):
-        preflight(image_config(tmp_path / "ok.npz", task="cifar10"), simulation=False)
+        preflight(image_config(path, task="cifar10"), simulation=False)
 
 
 # ---------------------------------------------------------------- Hugging Face image models
