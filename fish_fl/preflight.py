@@ -129,9 +129,20 @@ def _check_data(config: RunConfig) -> None:
 
 def _check_model(config: RunConfig) -> None:
     """The model resolves to something this machine can load (without loading its weights)."""
-    from .models import is_vision_model, load_tokenizer, resolve_model_source
+    from .models import (
+        build_torchvision_model,
+        cifar_resnet_arch,
+        load_tokenizer,
+        resolve_model_source,
+        torchvision_name,
+    )
+    from .task import is_vision
 
-    if is_vision_model(config.model):
+    if cifar_resnet_arch(config.model) is not None:
+        return
+    if torchvision_name(config.model) is not None:
+        with torch.device("meta"):  # the name is checked, nothing is allocated
+            build_torchvision_model(config.model, num_classes=1)
         return
     source = resolve_model_source(config.model)
     if source.local:
@@ -145,7 +156,8 @@ def _check_model(config: RunConfig) -> None:
 
         try:
             AutoConfig.from_pretrained(str(folder), local_files_only=True)
-            load_tokenizer(str(folder))
+            if not is_vision(config):  # an image model's processor is optional
+                load_tokenizer(str(folder))
         except (OSError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PreflightError(f"model={config.model!r} cannot be loaded: {first}") from None
@@ -179,21 +191,33 @@ def _check_mask(config: RunConfig) -> None:
 def _skeleton(config: RunConfig) -> nn.Module:
     """The run's model with its parameters on the ``meta`` device: names and shapes, no data."""
     from .methods import method_for
-    from .models import build_resnet_cifar, resolve_model_source
+    from .models import (
+        build_resnet_cifar,
+        build_torchvision_model,
+        cifar_resnet_arch,
+        resolve_model_source,
+        torchvision_name,
+    )
     from .task import is_vision, num_labels
 
     vision = is_vision(config)
+    n = num_labels(config)
     with torch.device("meta"):
-        if vision:
-            model: nn.Module = build_resnet_cifar(
-                config.model, num_classes=num_labels(config), width=config.width
-            )
+        if cifar_resnet_arch(config.model) is not None:
+            model: nn.Module = build_resnet_cifar(config.model, num_classes=n, width=config.width)
+        elif torchvision_name(config.model) is not None:
+            model = build_torchvision_model(config.model, num_classes=n)
         else:
-            from transformers import AutoConfig, AutoModelForSequenceClassification
+            from transformers import (
+                AutoConfig,
+                AutoModelForImageClassification,
+                AutoModelForSequenceClassification,
+            )
 
             source = resolve_model_source(config.model)
             hf_config = AutoConfig.from_pretrained(
-                source.location, num_labels=num_labels(config), local_files_only=source.local
+                source.location, num_labels=n, local_files_only=source.local
             )
-            model = AutoModelForSequenceClassification.from_config(hf_config)
+            auto = AutoModelForImageClassification if vision else AutoModelForSequenceClassification
+            model = auto.from_config(hf_config)
         return method_for(config).wrap_model(model, vision=vision)

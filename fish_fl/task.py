@@ -23,7 +23,7 @@ from .checkpoint import state_fingerprint
 from .config import ConfigError, RunConfig
 from .data.partition import ClientPartitions, make_client_partitions
 from .metrics import primary_metric, task_metrics
-from .models import build_model, is_vision_model, load_tokenizer
+from .models import build_model, image_settings, is_vision_model, load_tokenizer
 from .tasks import LabelSpace
 from .training import evaluate
 
@@ -58,8 +58,19 @@ def num_labels(config: RunConfig) -> int:
 
 
 def build_base_model(config: RunConfig) -> nn.Module:
-    """The run's model itself, never wrapped: what a sparse delta of the run applies to."""
-    return build_model(config.model, num_labels(config), width=config.width, seed=config.seed)
+    """The run's model itself, never wrapped: what a sparse delta of the run applies to.
+
+    An image task builds a CIFAR ResNet, a ``torchvision:`` model or a
+    Hugging Face image classifier; a text task a Hugging Face sequence
+    classifier.
+    """
+    return build_model(
+        config.model,
+        num_labels(config),
+        image=is_vision(config),
+        width=config.width,
+        seed=config.seed,
+    )
 
 
 def build_task_model(config: RunConfig) -> nn.Module:
@@ -102,8 +113,16 @@ class TaskData:
         if is_vision(self.config):
             from .data.vision import make_image_loader
 
+            settings = image_settings(self.config)
             return make_image_loader(
-                data, indices, batch, train=train, augment=self.config.augment, generator=gen
+                data,
+                indices,
+                batch,
+                train=train,
+                augment=self.config.augment,
+                generator=gen,
+                mean=settings.mean,
+                std=settings.std,
             )
         from .data.glue import make_text_loader
 
@@ -168,19 +187,34 @@ def _subset(n: int, keep: int, seed: int) -> np.ndarray:
 
 
 def check_task(config: RunConfig) -> None:
-    """Raise :class:`ConfigError` unless the model is of the task's kind (text or image)."""
-    from .models import MINILM_ALIASES
+    """Raise :class:`ConfigError` unless the model is of the task's kind (text or image).
+
+    A CIFAR ResNet or ``torchvision:`` model is an image model; a Hugging
+    Face model is known by its config.json (a local folder, or a hub model
+    already in the cache); a hub model not yet downloaded is let through and
+    fails when it loads if it is of the wrong kind.
+    """
+    from .models import MINILM_ALIASES, hf_model_kind, resolve_model_source
     from .tasks import task_for
 
     task = task_for(config)
     model = config.model.strip().lower()
-    if task.is_image and model in MINILM_ALIASES:
+    if is_vision_model(config.model):
+        kind: str | None = "image"
+    elif model in MINILM_ALIASES:
+        kind = "text"
+    else:
+        try:
+            kind = hf_model_kind(resolve_model_source(config.model))
+        except (OSError, ValueError):
+            kind = None  # the model check names what is wrong with the name
+    if task.is_image and kind == "text":
         raise ConfigError(
             f"task={config.task} is an image task and model={config.model!r} a text encoder; "
             "use an image model (resnet34-cifar, resnet18-cifar, a torchvision or Hugging Face "
             "image classifier)"
         )
-    if not task.is_image and is_vision_model(config.model):
+    if not task.is_image and kind == "image":
         raise ConfigError(
             f"task={config.task} is a text task and model={config.model!r} an image model; "
             "use a Hugging Face sequence classifier (minilm, a hub name or a local folder)"
@@ -213,10 +247,15 @@ def load_task_data(config: RunConfig) -> TaskData:
     tr = subset_rows(config, len(splits.train))
     ev = _subset(len(splits.held_out), config.eval_examples, config.seed + 1)
     if task.is_image:
-        from .data.vision import ImageSplit
+        from .data.vision import ImageSplit, resize_split
+
+        size = image_settings(config).size
 
         def pick(split: ImageSplit, rows: np.ndarray) -> ImageSplit:
-            return ImageSplit(split.images[rows], split.labels[rows], split.classes)
+            # every image at the run's size (a no-op for a folder read at that size)
+            return resize_split(
+                ImageSplit(split.images[rows], split.labels[rows], split.classes), size
+            )
 
         train: Any = pick(splits.train, tr)
         held_out: Any = pick(splits.held_out, ev)

@@ -9,9 +9,12 @@ Every loader of :mod:`fish_fl.data` yields ``(inputs, targets)``:
 * ``targets`` is int64 class ids ``(B,)``, or float32 scores for regression
   (STS-B).
 
-A model is called as ``model(**inputs)`` when ``inputs`` is a dict and
-``model(inputs)`` otherwise; :func:`forward_logits` does that and returns the
-logits either way.
+A model is called as ``model(**inputs)`` when ``inputs`` is a dict, as
+``model(pixel_values=inputs)`` when it is a Hugging Face image model (its
+``main_input_name``), and ``model(inputs)`` otherwise (a wrapper passes the
+tensor on positionally, which Hugging Face image models take as
+``pixel_values``); :func:`forward_logits` does that and returns the logits
+either way.
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ def forward_logits(model: nn.Module, inputs: Inputs) -> Tensor:
     Parameters
     ----------
     model : torch.nn.Module
-        A vision model (called on a tensor) or a Hugging Face classifier
-        (called with keyword tensors, returning an output with ``logits``).
+        A vision model (called on a tensor), a Hugging Face image classifier
+        (called with ``pixel_values``) or sequence classifier (called with
+        keyword tensors); Hugging Face models return an output with ``logits``.
     inputs : Inputs
         The first element of a batch.
 
@@ -77,7 +81,13 @@ def forward_logits(model: nn.Module, inputs: Inputs) -> Tensor:
     torch.Tensor
         Logits ``(B, num_labels)``.
     """
-    out: Any = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    out: Any
+    if isinstance(inputs, dict):
+        out = model(**inputs)
+    elif getattr(model, "main_input_name", None) == "pixel_values":
+        out = model(pixel_values=inputs)
+    else:
+        out = model(inputs)
     if isinstance(out, Tensor):
         return out
     logits = getattr(out, "logits", None)

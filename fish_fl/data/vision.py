@@ -1,23 +1,26 @@
-"""CIFAR-10: loading from torchvision, a local ``.npz`` or an image folder.
+"""Images: CIFAR-10 and CIFAR-100 from torchvision, a local ``.npz`` or an image folder.
 
 Three sources give the same in-memory form, an :class:`ImageSplits` of uint8
 NHWC arrays:
 
-* ``"torchvision"`` -- torchvision's CIFAR-10, downloaded when online (or
-  already present in ``root``);
-* a ``.npz`` file with arrays ``x_train`` (N, 32, 32, 3) uint8, ``y_train``,
+* ``"torchvision"`` -- torchvision's CIFAR-10 or CIFAR-100, downloaded when
+  online (or already present in ``root``);
+* a ``.npz`` file with arrays ``x_train`` (N, H, W, 3) uint8, ``y_train``,
   ``x_test``, ``y_test`` and optionally ``classes`` (the format of
   ``../shared/data/cifar10/cifar10_subset.npz``);
-* a folder ``<root>/<split>/<class>/*.png|jpg|jpeg`` with splits ``train``
-  and ``test``, read by torchvision's ``ImageFolder`` (images in subfolders
-  of a class folder count for that class); classes are the sorted folder
-  names of ``train``.
+* a folder ``<root>/<split>/<class>/*.png|jpg|jpeg`` with a training and a
+  held-out split, read by torchvision's ``ImageFolder`` (images in
+  subfolders of a class folder count for that class); classes are the sorted
+  folder names of the training split. Given a ``size``, every image is
+  resized to ``size`` x ``size`` as it is read, so a folder of photographs of
+  different sizes becomes one array.
 
 Batches are built by :class:`ImageCollator`: uint8 images are scaled to
 [0, 1], augmented on the whole batch at once (random crop with zero padding
 4 and horizontal flip, as in the FISH Mask paper's CIFAR-10 training, drawn
-from a ``torch.Generator`` passed in), then normalised with the CIFAR-10
-channel mean and standard deviation.
+from a ``torch.Generator`` passed in), then normalised with the channel mean and
+standard deviation of the run (CIFAR-10's by default; see
+:func:`fish_fl.models.image_settings`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +44,7 @@ __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "CIFAR_DATASETS",
     "IMAGE_SUFFIXES",
     "ImageCollator",
     "ImageSplit",
@@ -47,12 +52,16 @@ __all__ = [
     "ImageTensorDataset",
     "augment_images",
     "default_cifar_root",
+    "load_cifar",
     "load_cifar10",
     "load_cifar10_npz",
     "load_cifar10_torchvision",
+    "load_cifar_torchvision",
     "load_image_folder",
+    "load_image_npz",
     "make_image_loader",
     "normalize_images",
+    "resize_split",
 ]
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -75,6 +84,13 @@ CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg"})
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+#: The CIFAR data sets: display name, torchvision class, its folder, and the
+#: class names of a ``.npz`` without ``classes`` (CIFAR-100's are numbered).
+CIFAR_DATASETS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "cifar10": ("CIFAR-10", "CIFAR10", "cifar-10-batches-py", CIFAR10_CLASSES),
+    "cifar100": ("CIFAR-100", "CIFAR100", "cifar-100-python", tuple(str(i) for i in range(100))),
+}
 
 
 @dataclass(frozen=True)
@@ -136,9 +152,9 @@ class ImageSplits:
 # --------------------------------------------------------------------------- loading
 
 
-def default_cifar_root() -> Path:
-    """Default download folder of the torchvision route: ``~/.cache/fish-fl/cifar10``."""
-    return Path.home() / ".cache" / "fish-fl" / "cifar10"
+def default_cifar_root(dataset: str = "cifar10") -> Path:
+    """Default download folder of the torchvision route: ``~/.cache/fish-fl/<dataset>``."""
+    return Path.home() / ".cache" / "fish-fl" / dataset
 
 
 def _split(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> ImageSplit:
@@ -150,13 +166,21 @@ def _split(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> 
 
 
 def load_cifar10_npz(path: str | Path) -> ImageSplits:
-    """Load CIFAR-10 from a ``.npz`` file.
+    """Load CIFAR-10 from a ``.npz`` file (see :func:`load_image_npz`)."""
+    return load_image_npz(path)
+
+
+def load_image_npz(path: str | Path, dataset: str = "cifar10") -> ImageSplits:
+    """Load an image data set from a ``.npz`` file.
 
     Parameters
     ----------
     path : str or pathlib.Path
         File with ``x_train``, ``y_train``, ``x_test``, ``y_test`` and
         optionally ``classes``.
+    dataset : {"cifar10", "cifar100"}, default "cifar10"
+        Names the data set in messages and gives the class names when the
+        file has no ``classes``.
 
     Returns
     -------
@@ -170,9 +194,10 @@ def load_cifar10_npz(path: str | Path) -> ImageSplits:
     ValueError
         If arrays are missing or have the wrong type or shape.
     """
+    title, _, _, default_classes = CIFAR_DATASETS[dataset]
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-10 file {str(path)!r} does not exist")
+        raise FileNotFoundError(f"{title} file {str(path)!r} does not exist")
     with np.load(path, allow_pickle=False) as data:
         missing = [k for k in _NPZ_KEYS if k not in data.files]
         if missing:
@@ -180,19 +205,26 @@ def load_cifar10_npz(path: str | Path) -> ImageSplits:
                 f"{str(path)!r} lacks arrays {missing}: expected {list(_NPZ_KEYS)} (+ optional classes)"
             )
         classes = (
-            tuple(str(c) for c in data["classes"]) if "classes" in data.files else CIFAR10_CLASSES
+            tuple(str(c) for c in data["classes"]) if "classes" in data.files else default_classes
         )
         try:
             train = _split(data["x_train"], data["y_train"], classes)
             test = _split(data["x_test"], data["y_test"], classes)
         except ValueError as err:
             raise ValueError(f"{str(path)!r}: {err}") from err
-    logger.info("loaded CIFAR-10 from %s: %d train, %d test", path, len(train), len(test))
+    logger.info("loaded %s from %s: %d train, %d test", title, path, len(train), len(test))
     return ImageSplits(train=train, test=test)
 
 
 def load_cifar10_torchvision(root: str | Path | None = None, download: bool = True) -> ImageSplits:
-    """Load CIFAR-10 through torchvision, downloading it if needed.
+    """Load CIFAR-10 through torchvision (see :func:`load_cifar_torchvision`)."""
+    return load_cifar_torchvision(root, download)
+
+
+def load_cifar_torchvision(
+    root: str | Path | None = None, download: bool = True, dataset: str = "cifar10"
+) -> ImageSplits:
+    """Load CIFAR-10 or CIFAR-100 through torchvision, downloading it if needed.
 
     Parameters
     ----------
@@ -200,6 +232,8 @@ def load_cifar10_torchvision(root: str | Path | None = None, download: bool = Tr
         Download folder (default :func:`default_cifar_root`).
     download : bool, default True
         Download when the files are not in ``root`` yet.
+    dataset : {"cifar10", "cifar100"}, default "cifar10"
+        Which one.
 
     Returns
     -------
@@ -211,15 +245,17 @@ def load_cifar10_torchvision(root: str | Path | None = None, download: bool = Tr
     DataUnavailableError
         If the files are absent and cannot be downloaded.
     """
-    from torchvision.datasets import CIFAR10
+    import torchvision.datasets
 
-    root = Path(root) if root is not None else default_cifar_root()
+    title, class_name, _, _ = CIFAR_DATASETS[dataset]
+    loader = getattr(torchvision.datasets, class_name)
+    root = Path(root) if root is not None else default_cifar_root(dataset)
     try:
-        train_set = CIFAR10(str(root), train=True, download=download)
-        test_set = CIFAR10(str(root), train=False, download=download)
+        train_set = loader(str(root), train=True, download=download)
+        test_set = loader(str(root), train=False, download=download)
     except (OSError, RuntimeError) as err:
         raise DataUnavailableError(
-            f"CIFAR-10 is not in {str(root)!r} and could not be downloaded ({err}): "
+            f"{title} is not in {str(root)!r} and could not be downloaded ({err}): "
             "be online, or pass a local .npz file or image folder"
         ) from err
     classes = tuple(train_set.classes)
@@ -229,7 +265,27 @@ def load_cifar10_torchvision(root: str | Path | None = None, download: bool = Tr
     )
 
 
-def _read_split_folder(folder: Path, classes: Sequence[str]) -> ImageSplit:
+def _resized(image: Any, size: int | None) -> Any:
+    """``image`` (PIL) resized to ``size`` x ``size`` (bilinear), or as is for None."""
+    from PIL import Image
+
+    if size is None or image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def resize_split(split: ImageSplit, size: int) -> ImageSplit:
+    """``split`` with every image resized to ``size`` x ``size``; itself when already that size."""
+    if split.images.shape[1:3] == (size, size):
+        return split
+    from PIL import Image
+
+    images = [np.asarray(_resized(Image.fromarray(a), size)) for a in split.images]
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return _split(stacked, split.labels, split.classes)
+
+
+def _read_split_folder(folder: Path, classes: Sequence[str], size: int | None = None) -> ImageSplit:
     from torchvision.datasets import ImageFolder
 
     class _KnownClasses(ImageFolder):
@@ -250,7 +306,8 @@ def _read_split_folder(folder: Path, classes: Sequence[str]) -> ImageSplit:
     images: list[np.ndarray] = []
     shape: tuple[int, ...] | None = None
     for (file, _), (image, _) in zip(dataset.samples, dataset, strict=True):
-        array = np.asarray(image, dtype=np.uint8)  # the loader has converted to RGB
+        # the loader has converted to RGB
+        array = np.asarray(_resized(image, size), dtype=np.uint8)
         if shape is None:
             shape = array.shape
         elif array.shape != shape:
@@ -262,7 +319,9 @@ def _read_split_folder(folder: Path, classes: Sequence[str]) -> ImageSplit:
     return _split(np.stack(images), np.asarray(dataset.targets), tuple(classes))
 
 
-def load_image_folder(path: str | Path, splits: tuple[str, str] = ("train", "test")) -> ImageSplits:
+def load_image_folder(
+    path: str | Path, splits: tuple[str, str] = ("train", "test"), size: int | None = None
+) -> ImageSplits:
     """Load an image classification folder ``<path>/<split>/<class>/<image>``.
 
     Parameters
@@ -271,6 +330,9 @@ def load_image_folder(path: str | Path, splits: tuple[str, str] = ("train", "tes
         Root folder.
     splits : tuple of (str, str), default ("train", "test")
         Names of the training and the held-out split folders.
+    size : int, optional
+        Resize every image to ``size`` x ``size`` as it is read; None keeps
+        the files' size, which must then be the same for every image.
 
     Returns
     -------
@@ -304,8 +366,8 @@ def load_image_folder(path: str | Path, splits: tuple[str, str] = ("train", "tes
     extra = sorted({p.name for p in folders[1].iterdir() if p.is_dir()} - set(classes))
     if extra:
         raise ValueError(f"{str(folders[1])!r} has classes {extra} that {str(folders[0])!r} lacks")
-    train = _read_split_folder(folders[0], classes)
-    test = _read_split_folder(folders[1], classes)
+    train = _read_split_folder(folders[0], classes, size)
+    test = _read_split_folder(folders[1], classes, size)
     if train.images.shape[1:] != test.images.shape[1:]:
         raise ValueError(
             f"images of {str(folders[0])!r} and {str(folders[1])!r} differ in size: "
@@ -318,14 +380,23 @@ def load_image_folder(path: str | Path, splits: tuple[str, str] = ("train", "tes
 def load_cifar10(
     source: str | Path = "torchvision", *, root: str | Path | None = None
 ) -> ImageSplits:
-    """Load CIFAR-10 from any of the supported sources.
+    """Load CIFAR-10 from any of the supported sources (see :func:`load_cifar`)."""
+    return load_cifar(source, root=root)
+
+
+def load_cifar(
+    source: str | Path = "torchvision", *, dataset: str = "cifar10", root: str | Path | None = None
+) -> ImageSplits:
+    """Load CIFAR-10 or CIFAR-100 from any of the supported sources.
 
     Parameters
     ----------
     source : str or pathlib.Path, default "torchvision"
         ``"torchvision"`` (download when online), a ``.npz`` file, an image
         folder, or a folder that already holds torchvision's
-        ``cifar-10-batches-py``.
+        ``cifar-10-batches-py`` (``cifar-100-python``).
+    dataset : {"cifar10", "cifar100"}, default "cifar10"
+        Which one.
     root : str or pathlib.Path, optional
         Download folder of the torchvision route.
 
@@ -343,25 +414,26 @@ def load_cifar10(
     DataUnavailableError
         If torchvision has to download and cannot.
     """
+    title, _, folder, _ = CIFAR_DATASETS[dataset]
     if isinstance(source, str) and source.strip().lower() == "torchvision":
-        return load_cifar10_torchvision(root)
+        return load_cifar_torchvision(root, dataset=dataset)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(
-            f"CIFAR-10 source {str(path)!r} does not exist: expected 'torchvision', a .npz "
+            f"{title} source {str(path)!r} does not exist: expected 'torchvision', a .npz "
             "file or an image folder"
         )
     if path.is_file():
         if path.suffix.lower() != ".npz":
-            raise ValueError(f"CIFAR-10 file {str(path)!r} is not a .npz file")
-        return load_cifar10_npz(path)
-    if (path / "cifar-10-batches-py").is_dir():
-        return load_cifar10_torchvision(path, download=False)
+            raise ValueError(f"{title} file {str(path)!r} is not a .npz file")
+        return load_image_npz(path, dataset)
+    if (path / folder).is_dir():
+        return load_cifar_torchvision(path, download=False, dataset=dataset)
     if (path / "train").is_dir():
         return load_image_folder(path)
     raise ValueError(
-        f"{str(path)!r} is not in a known CIFAR-10 layout: expected a .npz file, a folder "
-        "with train/<class>/ and test/<class>/ images, or torchvision's cifar-10-batches-py"
+        f"{str(path)!r} is not in a known {title} layout: expected a .npz file, a folder "
+        f"with train/<class>/ and test/<class>/ images, or torchvision's {folder}"
     )
 
 
@@ -514,6 +586,8 @@ def make_image_loader(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     num_workers: int = 0,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
 ) -> DataLoader[tuple[Tensor, int]]:
     """A DataLoader of ``(images, labels)`` batches over a split or a subset.
 
@@ -537,6 +611,8 @@ def make_image_loader(
     num_workers : int, default 0
         Worker processes. Keep 0 for reproducible augmentation (workers
         would each get a copy of the generator).
+    mean, std : sequence of float
+        Normalisation statistics (CIFAR-10's by default).
 
     Returns
     -------
@@ -547,7 +623,7 @@ def make_image_loader(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if train and generator is None:
         raise ValueError("a training loader needs a torch.Generator (seeds are arguments)")
-    collate = ImageCollator(augment=train and augment, generator=generator)
+    collate = ImageCollator(augment=train and augment, generator=generator, mean=mean, std=std)
     return DataLoader(
         ImageTensorDataset(split, indices),
         batch_size=batch_size,

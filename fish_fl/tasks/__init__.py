@@ -93,7 +93,7 @@ def _load() -> None:
     # entry points, once, so every process of a run (the server, each Ray
     # worker) sees the same registry.
     global _PLUGINS_LOADED
-    from . import cifar, glue, text_files  # noqa: F401
+    from . import cifar, glue, images, text_files  # noqa: F401
 
     if _PLUGINS_LOADED:
         return

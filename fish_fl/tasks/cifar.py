@@ -1,4 +1,4 @@
-"""CIFAR-10 as a task entry: torchvision when online, a ``.npz`` file or an image folder offline."""
+"""CIFAR-10 and CIFAR-100 as task entries: torchvision when online, a ``.npz`` file or an image folder offline."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .base import LabelSpace, Task, TaskSplits
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-__all__ = ["Cifar10", "check_image_source", "check_npz"]
+__all__ = ["Cifar10", "Cifar100", "check_image_source", "check_npz"]
 
 
 class Cifar10(Task):
@@ -22,8 +22,10 @@ class Cifar10(Task):
 
     name = "cifar10"
     kind = "image"
-    aliases = ("cifar-10", "cifar")
+    aliases: tuple[str, ...] = ("cifar-10", "cifar")
     summary = "CIFAR-10 (torchvision online, .npz or image folder offline)"
+    #: Classes of the data set (the npz may name them).
+    num_classes = 10
 
     def check_config(self, config: RunConfig) -> None:
         from ..config import ConfigError
@@ -34,20 +36,20 @@ class Cifar10(Task):
             )
 
     def label_space(self, config: RunConfig) -> LabelSpace:
-        from ..data.vision import CIFAR10_CLASSES
+        from ..data.vision import CIFAR_DATASETS
 
-        return LabelSpace(CIFAR10_CLASSES)
+        return LabelSpace(CIFAR_DATASETS[self.name][3])
 
     def metric_task(self, config: RunConfig) -> str:
         return "cifar10"
 
     def load(self, config: RunConfig) -> TaskSplits:
-        from ..data.vision import load_cifar10
+        from ..data.vision import load_cifar
 
         if config.data_source == "embedded":
             self.preflight(config)
         source = "torchvision" if config.data_source == "hub" else config.data_dir
-        images = load_cifar10(source)
+        images = load_cifar(source, dataset=self.name)
         return TaskSplits(images.train, images.test, LabelSpace(images.classes))
 
     def preflight(self, config: RunConfig) -> None:
@@ -56,12 +58,37 @@ class Cifar10(Task):
                 f"no embedded {self.name} sample ships; use data-source=local (data-dir) or hub"
             )
         if config.data_source == "local":
-            check_image_source(Path(config.data_dir))
+            n = check_image_source(Path(config.data_dir), num_classes=self.num_classes)
+            if n is not None:
+                from ..task import train_rows
+
+                n = train_rows(config, n)
+                if config.num_clients > n:
+                    raise ValueError(
+                        f"num-clients={config.num_clients} exceeds the {n} training images"
+                    )
         # the torchvision route downloads when it loads
 
 
-def check_image_source(path: Path, held_out: tuple[str, ...] = ("test",)) -> None:
-    """A ``.npz`` file, torchvision's folder or an image folder, checked for its layout only."""
+class Cifar100(Cifar10):
+    """CIFAR-100 (Krizhevsky, 2009): 100 classes of 32x32 images."""
+
+    name = "cifar100"
+    aliases = ("cifar-100",)
+    summary = "CIFAR-100 (torchvision online, .npz or image folder offline)"
+    num_classes = 100
+
+    def metric_task(self, config: RunConfig) -> str:
+        return "classification"
+
+
+def check_image_source(
+    path: Path, held_out: tuple[str, ...] = ("test",), num_classes: int = 10
+) -> int | None:
+    """A ``.npz`` file, torchvision's folder or an image folder, checked for its layout only.
+
+    Returns the number of training images of a ``.npz`` file, None otherwise.
+    """
     from ..data.vision import IMAGE_SUFFIXES
 
     if not path.exists():
@@ -69,10 +96,9 @@ def check_image_source(path: Path, held_out: tuple[str, ...] = ("test",)) -> Non
             f"data-dir={str(path)!r} does not exist: expected a .npz file or an image folder"
         )
     if path.is_file():
-        check_npz(path)
-        return
-    if (path / "cifar-10-batches-py").is_dir():
-        return
+        return check_npz(path, num_classes)
+    if (path / "cifar-10-batches-py").is_dir() or (path / "cifar-100-python").is_dir():
+        return None
     found = [s for s in held_out if (path / s).is_dir()]
     for split in ("train", found[0] if found else held_out[0]):
         folder = path / split
@@ -84,10 +110,15 @@ def check_image_source(path: Path, held_out: tuple[str, ...] = ("test",)) -> Non
                 f"expected a .npz file, or train/ and {' or '.join(f'{s}/' for s in held_out)} "
                 "image folders"
             )
+    return None
 
 
-def check_npz(path: Path) -> None:
-    """Array names and shapes from the headers, and the labels, without reading the images."""
+def check_npz(path: Path, num_classes: int = 10) -> int:
+    """Array names and shapes from the headers, and the labels, without reading the images.
+
+    Labels must lie below the length of the file's ``classes`` array, or
+    below ``num_classes`` when it has none. Returns the number of training images.
+    """
     if path.suffix.lower() != ".npz":
         raise ValueError(f"data-dir={str(path)!r} is not a .npz file")
     try:
@@ -110,7 +141,7 @@ def check_npz(path: Path) -> None:
     with np.load(path, allow_pickle=False) as data:
         if "y_train" not in data.files or "y_test" not in data.files:
             raise ValueError(f"data-dir={str(path)!r} lacks y_train or y_test")
-        classes = len(data["classes"]) if "classes" in data.files else 10
+        classes = len(data["classes"]) if "classes" in data.files else num_classes
         for split in ("train", "test"):
             shape, labels = shapes[f"x_{split}"], data[f"y_{split}"].reshape(-1)
             if len(shape) != 4 or shape[-1] != 3:
@@ -123,6 +154,8 @@ def check_npz(path: Path) -> None:
                 )
             if labels.size and (labels.min() < 0 or labels.max() >= classes):
                 raise ValueError(f"data-dir={str(path)!r}: {split} labels outside [0, {classes})")
+    return int(shapes["x_train"][0])
 
 
 register_task(Cifar10())
+register_task(Cifar100())

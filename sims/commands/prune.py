@@ -59,7 +59,7 @@ def prune_and_evaluate(
         prunable_parameters,
         train_with_pruning,
     )
-    from fish_fl.task import build_base_model, evaluate_model, load_task_data
+    from fish_fl.task import build_base_model, evaluate_model, is_vision, load_task_data
     from fish_fl.training import SparseParameters, make_optimizer
 
     if trains(config.mask_method) == "learned":
@@ -82,7 +82,10 @@ def prune_and_evaluate(
     calibration = data.calibration_loader() if data.partitions.calibration.size else None
     mask = build_mask(model, config.mask_spec(), calibration)
     if not prunable:
-        prunable = DEFAULT_PRUNABLE_VISION if is_vision_model(config.model) else DEFAULT_PRUNABLE
+        # The residual stages of a ResNet built here; a Hugging Face model's
+        # encoder blocks, for an image task as for a text task.
+        image_stages = is_vision(config) and is_vision_model(config.model)
+        prunable = DEFAULT_PRUNABLE_VISION if image_stages else DEFAULT_PRUNABLE
     names = prunable_parameters(model, prunable, head_patterns=config.head_patterns)
     pruner = MagnitudePruner(model, schedule, names, scope=scope)  # type: ignore[arg-type]
     sparse = SparseParameters(model, mask)

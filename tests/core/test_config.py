@@ -308,7 +308,7 @@ def test_from_toml_errors(tmp_path: Path) -> None:
         ({"supermask-maskable": "encoder("}, "supermask-maskable: 'encoder(' is not a valid"),
         ({"seed": 99999999999999}, "seed=99999999999999 must be <= 4294967295"),
         ({"layers-preset": "bogus"}, "layers-preset='bogus' is not allowed"),
-        ({"task": "agnews"}, "task='agnews' is not known; choose one of cifar10, cola"),
+        ({"task": "agnews"}, "task='agnews' is not known; choose one of cifar10, cifar100, cola"),
     ],
 )
 def test_values_that_used_to_fail_late_fail_at_once(values: dict[str, Any], expected: str) -> None:

@@ -13,6 +13,8 @@ from fish_fl.models import (
     ModelUnavailableError,
     build_model,
     build_resnet_cifar,
+    build_torchvision_model,
+    cifar_resnet_arch,
     count_parameters,
     is_vision_model,
     load_sequence_classifier,
@@ -90,6 +92,35 @@ def test_build_model_dispatch() -> None:
     assert is_vision_model("ResNet34") and not is_vision_model("minilm")
     model = build_model("resnet18", 7, width=8)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_cifar_resnet_names_with_or_without_cifar() -> None:
+    assert cifar_resnet_arch("ResNet34-cifar") == "resnet34"
+    assert cifar_resnet_arch("resnet18") == "resnet18"
+    assert cifar_resnet_arch("resnet50-cifar") is None and cifar_resnet_arch("minilm") is None
+    assert is_vision_model("resnet18-cifar") and is_vision_model("torchvision:mobilenet_v3_small")
+    a = build_model("resnet18-cifar", 3, width=4, seed=7)
+    b = build_model("resnet18", 3, width=4, seed=7)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_torchvision_model_by_name() -> None:
+    model = build_model("torchvision:mobilenet_v3_small", 4, seed=1)
+    reference = torchvision.models.mobilenet_v3_small(num_classes=4)
+    assert count_parameters(model) == count_parameters(reference)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    again = build_torchvision_model("mobilenet_v3_small", 4, seed=1)
+    other = build_torchvision_model("mobilenet_v3_small", 4, seed=2)
+    name = "features.0.0.weight"
+    assert torch.equal(again.get_parameter(name), model.get_parameter(name))
+    assert not torch.equal(other.get_parameter(name), model.get_parameter(name))
+    with pytest.raises(
+        ValueError, match="torchvision:resnet999 is not a torchvision classification"
+    ):
+        build_model("torchvision:resnet999", 4)
 
 
 def test_resolve_device() -> None:
