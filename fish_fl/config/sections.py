@@ -40,7 +40,8 @@ class TaskKeys:
         default="minilm",
         metadata=_meta(
             shapes=("data", "model"),
-            help="minilm, resnet34-cifar, resnet18-cifar, a hub name or a local folder",
+            help="minilm, resnet34-cifar, resnet18-cifar, torchvision:NAME, or a Hugging Face "
+            "sequence or image classifier by hub name or local folder",
         ),
     )
     width: int = field(
@@ -107,7 +108,7 @@ class TaskKeys:
         default="",
         metadata=_meta(
             shapes=("data", "model"),
-            help="data-source=hub: a Hugging Face data set by name (text- or image-classification)",
+            help="data-source=hub: a Hugging Face data set by name (task=text-classification)",
         ),
     )
     hub_subset: str = field(
