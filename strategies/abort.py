@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from .fish_strategy import RunFailed
+from .progress import RoundProgress
 
 __all__ = ["POLL", "AbortSignal", "AbortableGrid"]
 
@@ -74,9 +75,12 @@ class AbortSignal:
 class AbortableGrid(Grid):
     """A grid that delegates to Flower's and gives up as soon as ``signal`` is set."""
 
-    def __init__(self, grid: Grid, signal: AbortSignal) -> None:
+    def __init__(
+        self, grid: Grid, signal: AbortSignal, progress: RoundProgress | None = None
+    ) -> None:
         self.grid = grid
         self.signal = signal
+        self.progress = progress
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)
@@ -115,14 +119,33 @@ class AbortableGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Push, then pull until every reply is in or ``timeout`` passes (as Flower's grids)."""
+        messages = list(messages)
+        label = _label(messages)
         waiting = set(self.push_messages(messages))
-        end = None if timeout is None else time.monotonic() + timeout
+        sent = len(waiting)
+        start = time.monotonic()
+        end = None if timeout is None else start + timeout
         replies: list[Message] = []
-        while waiting:
-            got = list(self.pull_messages(waiting))
-            replies.extend(got)
-            waiting.difference_update(m.metadata.reply_to_message_id for m in got)
-            if not waiting or (end is not None and time.monotonic() >= end):
-                break
-            self.signal.wait(POLL)
+        try:
+            while waiting:
+                got = list(self.pull_messages(waiting))
+                replies.extend(got)
+                waiting.difference_update(m.metadata.reply_to_message_id for m in got)
+                if self.progress is not None:
+                    self.progress.update(label, sent - len(waiting), sent, time.monotonic() - start)
+                if not waiting or (end is not None and time.monotonic() >= end):
+                    break
+                self.signal.wait(POLL)
+        finally:
+            if self.progress is not None:
+                self.progress.clear()
         return replies
+
+
+def _label(messages: list[Message]) -> str:
+    """``round 3 train``: the round (Flower's group id) and the kind of the messages."""
+    if not messages:
+        return "waiting"
+    meta = messages[0].metadata
+    kind = str(meta.message_type).split(".")[0]
+    return f"round {meta.group_id} {kind}" if meta.group_id else kind

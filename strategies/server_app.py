@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from fish_fl.task import build_base_model, build_task_model, evaluate_model, loa
 
 from .abort import AbortableGrid, AbortSignal
 from .fish_strategy import FishMaskStrategy, RunFailed
+from .progress import RoundProgress
 from .state import CHECKPOINT
 
 __all__ = ["FAILURE", "app", "default_run_dir", "make_server_app", "run_server"]
@@ -169,8 +171,10 @@ def make_server_app(
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        if abort is not None:
-            grid = AbortableGrid(grid, abort)
+        shown = config.progress if config is not None else True
+        if abort is not None or shown:
+            progress = RoundProgress(sys.stdout) if shown else None
+            grid = AbortableGrid(grid, abort or AbortSignal(), progress=progress)
         try:
             if abort is not None:
                 abort.server_started()

@@ -355,5 +355,10 @@ class MachineKeys:
     client_num_gpus: float = field(
         default=0.0, metadata=_meta("GPUs per simulated client", min=0.0)
     )
-    progress: bool = field(default=True, metadata=_meta("progress bars"))
+    progress: bool = field(
+        default=True,
+        metadata=_meta(
+            "progress bars, and a live line of replies while a round runs (on a terminal)"
+        ),
+    )
     out_dir: str = field(default="runs", metadata=_meta("folder that run folders are created in"))
