@@ -75,6 +75,9 @@ class OptimizerConfig:
         normalisation weights by default).
     grad_clip
         Clip the global gradient norm of the trained entries (0 disables).
+    proximal_mu
+        FedProx's ``mu``: the local loss gains ``(mu/2)·||w − w_received||²``
+        over the trained entries (0 disables); see :func:`train_steps`.
     """
 
     name: str = "adamw"
@@ -86,11 +89,12 @@ class OptimizerConfig:
     eps: float = 1e-8
     no_decay: tuple[str, ...] = DEFAULT_NO_DECAY
     grad_clip: float = 0.0
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.name!r}")
-        for key in ("lr", "weight_decay", "momentum", "eps", "grad_clip"):
+        for key in ("lr", "weight_decay", "momentum", "eps", "grad_clip", "proximal_mu"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"optimizer {key} must be a finite number >= 0, got {value!r}")
