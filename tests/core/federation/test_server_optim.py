@@ -164,3 +164,72 @@ def test_server_optimizer_keys_reach_the_config() -> None:
     opt = config.server_optimizer_config()
     assert (opt.name, opt.lr, opt.tau, opt.beta1, opt.beta2) == ("yogi", 0.02, 1e-4, 0.9, 0.99)
     assert config.optimizer_config().proximal_mu == 0.01
+
+
+def _round(
+    server_optimizer: str, deltas: list[float], optimizer: type[ServerOptimizer] = ServerOptimizer
+) -> tuple[object, object, object]:
+    """One round of ``combine_train`` on a tiny model: two replies of constant updates."""
+    from fish_fl.federation.replies import Decoded, RoundStats, combine_train
+    from fish_fl.federation.state import ServerState
+    from fish_fl.federation.sync import Sent
+    from fish_fl.masks import MaskSpec, build_mask
+    from fish_fl.masks.assign import shared_plan
+    from fish_fl.methods import method_for
+    from tests.tiny_models import TinyConvNet
+
+    torch.manual_seed(0)
+    model = TinyConvNet()
+    state = ServerState.initial(model, seed=0, model_numel=1)
+    state.set_plan(shared_plan(build_mask(model, MaskSpec(method="random", density=0.2))))
+    k = state.plan.union.k  # type: ignore[union-attr]
+    positions = torch.arange(k)
+    sent = Sent(0, state.mask_version, 0, k, positions, state.values)
+    decoded = [
+        Decoded(i, sent, torch.full((k,), d), 10, {}, None, None, None)
+        for i, d in enumerate(deltas)
+    ]
+    config = RunConfig.from_mapping({"server-optimizer": server_optimizer})
+    stats = RoundStats(replies=len(decoded))
+    values, _ = combine_train(
+        decoded,
+        stats,
+        state=state,
+        method=method_for(config),
+        cap=100.0,
+        max_update_norm=0.0,
+        norm_factor=0.0,
+        norm_policy="reject",
+        min_replies=1,
+        server_optimizer=optimizer(config.server_optimizer_config()),
+    )
+    return state, stats, values
+
+
+def test_combine_train_steps_the_optimizer_and_keeps_its_state() -> None:
+    state, stats, values = _round("adam", [0.5, 1.5])
+    assert not stats.skipped  # type: ignore[attr-defined]
+    x = state.values  # type: ignore[attr-defined]
+    m, v, tau = 0.1 * 1.0, 0.99e-6 + 0.01 * 1.0, 1e-3  # the mean update is 1.0
+    torch.testing.assert_close(values, x + 0.01 * m / (math.sqrt(v) + tau))
+    assert ServerOptimizer.steps(state.extra) == 1  # type: ignore[attr-defined]
+
+
+class _Overflowing(ServerOptimizer):
+    """A step whose result is not finite (as a huge server-lr could give)."""
+
+    def step(self, values, combined, extra, mask_version):  # type: ignore[no-untyped-def]
+        new, state = super().step(values, combined, extra, mask_version)
+        return new * float("inf"), state
+
+
+def test_a_skipped_round_leaves_the_optimizer_state_alone() -> None:
+    state, stats, values = _round("adam", [0.5, 1.5], _Overflowing)
+    assert values is None and stats.skipped  # type: ignore[attr-defined]
+    assert not any(k.startswith(PREFIX) for k in state.extra)  # type: ignore[attr-defined]
+
+
+def test_without_a_server_optimizer_the_combination_is_unchanged() -> None:
+    state, _, values = _round("none", [0.5, 1.5])
+    assert torch.equal(values, state.values + 1.0)  # type: ignore[arg-type, attr-defined]
+    assert state.extra == {}  # type: ignore[attr-defined]
