@@ -127,6 +127,7 @@ def train(msg: Message, context: Context) -> Message:
             device=synced.device,
             grad_clip=config.optimizer_config().grad_clip,
             amp=config.amp,
+            proximal_mu=config.proximal_mu,
         )
     if config.persist_optimizer:
         save_optimizer(context.state, optimizer, version)

@@ -75,6 +75,9 @@ class OptimizerConfig:
         normalisation weights by default).
     grad_clip
         Clip the global gradient norm of the trained entries (0 disables).
+    proximal_mu
+        FedProx's ``mu``: the local loss gains ``(mu/2)·||w − w_received||²``
+        over the trained entries (0 disables); see :func:`train_steps`.
     """
 
     name: str = "adamw"
@@ -86,11 +89,12 @@ class OptimizerConfig:
     eps: float = 1e-8
     no_decay: tuple[str, ...] = DEFAULT_NO_DECAY
     grad_clip: float = 0.0
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.name!r}")
-        for key in ("lr", "weight_decay", "momentum", "eps", "grad_clip"):
+        for key in ("lr", "weight_decay", "momentum", "eps", "grad_clip", "proximal_mu"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"optimizer {key} must be a finite number >= 0, got {value!r}")
@@ -256,17 +260,29 @@ def train_steps(
     grad_clip: float = 0.0,
     amp: bool = False,
     loss_fn: Any = task_loss,
+    proximal_mu: float = 0.0,
 ) -> TrainStats:
     """Train the masked entries for ``steps`` optimiser steps.
 
     ``batches`` is re-iterated as often as needed (one pass is an epoch).
     With ``amp`` on CUDA the forward runs under bfloat16 autocast.
+
+    With ``proximal_mu > 0`` this is FedProx's local solver (Li et al.,
+    "Federated Optimization in Heterogeneous Networks", MLSys 2020): the loss
+    gains ``(mu/2)·||w − w₀||²`` over the trained entries, ``w₀`` their values
+    when the call starts (what the node received), so each trained entry's
+    gradient gains ``mu·(w − w₀)`` before clipping. The reported loss is the
+    task loss alone.
     """
     if steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps}")
+    if not math.isfinite(proximal_mu) or proximal_mu < 0:
+        raise ValueError(f"proximal_mu must be a finite number >= 0, got {proximal_mu}")
     model = sparse.model
     model.train()
     trainable = sparse.trainable()
+    # FedProx's anchor: the k received values (the leaves and full parameters), O(k).
+    anchors = [t.detach().clone() for t in trainable] if proximal_mu > 0 else []
     use_amp = amp and device.type == "cuda"
     total_loss, examples = 0.0, 0
     stream = cycle_batches(batches)
@@ -282,6 +298,14 @@ def train_steps(
         loss.backward()
         # 2. keep only the masked entries' gradients, in the optimiser's leaves.
         sparse.collect_grads()
+        # The proximal term's gradient, added directly rather than through the
+        # loss, so it costs no graph and never reaches a frozen entry. A tensor
+        # without a gradient this step (unused by the forward) is skipped by
+        # the optimiser, and so is its proximal term.
+        if proximal_mu > 0:
+            for t, anchor in zip(trainable, anchors, strict=True):
+                if t.grad is not None:
+                    t.grad.add_(t.detach() - anchor, alpha=proximal_mu)
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
         # 3. step the k values and write them back; nothing else is touched.

@@ -35,6 +35,7 @@ from fish_fl.codec import UpdateCodec
 from fish_fl.config import RunConfig
 from fish_fl.federation import replies as R
 from fish_fl.federation.schedule import Transition, compute_plan, transition
+from fish_fl.federation.server_optim import ServerOptimizer
 from fish_fl.federation.state import ServerState
 from fish_fl.federation.sync import Sent, ServerSync
 from fish_fl.masks import Mask, parameter_shapes
@@ -113,6 +114,7 @@ class FishMaskStrategy(Strategy):
     ) -> None:
         self.config = config
         self.method = method_for(config)
+        self.server_optimizer = ServerOptimizer(config.server_optimizer_config())
         self.calibration = calibration
         self.evaluate_fn = evaluate_fn
         self.primary_metric = primary_metric
@@ -340,6 +342,7 @@ class FishMaskStrategy(Strategy):
             norm_factor=self.config.norm_factor,
             norm_policy=self.config.norm_policy,
             min_replies=self.config.min_replies,
+            server_optimizer=self.server_optimizer,
         )
         for reason in stats.reasons[checked_reasons:]:
             logger.warning("round %d: rejected the reply of %s", server_round, reason)

@@ -26,6 +26,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from ..federation.server_optim import ServerOptimizerConfig
 from ..masks import MaskSpec, available_builders, available_scorers
 from ..methods.keys import MethodKeys
 from ..training import OptimizerConfig
@@ -124,6 +125,12 @@ class RunConfig(MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, FederationKeys
             )
         self.mask_spec()  # the mask options themselves
         self.optimizer_config()
+        self.server_optimizer_config()
+        if self.server_optimizer == "none" and self.server_lr > 0:
+            raise ConfigError(
+                f"server-lr={self.server_lr} has no effect with server-optimizer=none; "
+                "choose avgm, adam or yogi (avgm with server-momentum=0 scales the plain step)"
+            )
 
     def round_lr(self, rnd: int) -> float:
         """The learning rate of round ``rnd`` (1-based) under ``lr-schedule``."""
@@ -161,6 +168,20 @@ class RunConfig(MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, FederationKeys
                 momentum=self.momentum,
                 nesterov=self.nesterov,
                 grad_clip=self.grad_clip,
+                proximal_mu=self.proximal_mu,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def server_optimizer_config(self) -> ServerOptimizerConfig:
+        try:
+            return ServerOptimizerConfig(
+                name=self.server_optimizer,
+                lr=self.server_lr,
+                momentum=self.server_momentum,
+                beta1=self.server_beta1,
+                beta2=self.server_beta2,
+                tau=self.server_tau,
             )
         except ValueError as e:
             raise ConfigError(str(e)) from None

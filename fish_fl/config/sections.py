@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..federation.server_optim import SERVER_OPTIMIZERS
 from ..masks.layers import LAYERS_PRESETS
 from .keys import PARTITION_SCHEMES
 from .keys import meta as _meta
@@ -273,6 +274,36 @@ class FederationKeys:
     budget_mb: float = field(
         default=0.0, metadata=_meta("stop at this traffic, in megabytes (0: off)", min=0.0)
     )
+    server_optimizer: str = field(
+        default="none",
+        metadata=_meta(
+            "server step on the combined k-vector: none (take it as it is), avgm (FedAvgM), "
+            "adam (FedAdam) or yogi (FedYogi), Reddi et al. 2021",
+            choices=SERVER_OPTIMIZERS,
+        ),
+    )
+    server_lr: float = field(
+        default=0.0,
+        metadata=_meta(
+            "server learning rate of avgm, adam and yogi (0: 1 for avgm, 0.01 for adam and yogi)",
+            min=0.0,
+        ),
+    )
+    server_momentum: float = field(
+        default=0.9, metadata=_meta("avgm: server momentum (beta)", min=0.0)
+    )
+    server_beta1: float = field(
+        default=0.9,
+        metadata=_meta("adam, yogi: decay of the first moment", min=0.0),
+    )
+    server_beta2: float = field(
+        default=0.99,
+        metadata=_meta("adam, yogi: decay of the second moment", min=0.0),
+    )
+    server_tau: float = field(
+        default=1e-3,
+        metadata=_meta("adam, yogi: adaptivity (added to the root of the second moment)", gt=0.0),
+    )
 
 
 @dataclass(frozen=True)
@@ -342,6 +373,14 @@ class OptimizerKeys:
     nesterov: bool = field(default=False, metadata=_meta("SGD Nesterov momentum"))
     grad_clip: float = field(
         default=1.0, metadata=_meta("global gradient-norm clip (0: off)", min=0.0)
+    )
+    proximal_mu: float = field(
+        default=0.0,
+        metadata=_meta(
+            "FedProx: adds (mu/2)||w - w_received||^2 over the trained entries to the local "
+            "loss (0: off)",
+            min=0.0,
+        ),
     )
 
 

@@ -7,7 +7,8 @@ array decoded safely against the dtype and length the server expects
 (:func:`~fish_fl.federation.wire.decode_array`). :func:`combine_train` then
 looks at the round as a whole: it caps each reply's weight, bounds update
 and buffer norms (:mod:`fish_fl.federation.guard`), combines what is left
-through the method's wire, and refuses a result that is not finite. No
+through the method's wire, steps the server optimiser with the result
+(:mod:`fish_fl.federation.server_optim`), and refuses a result that is not finite. No
 exception escapes either step for any reply: a reply that breaks a check is
 rejected with a reason naming the node, and the round goes on.
 """
@@ -28,6 +29,7 @@ from ..aggregate import average_buffers
 from ..codec import UpdateCodec
 from ..methods import SparseMethod, TrainReply
 from .guard import cap_weight, lower_median, norm_bound
+from .server_optim import ServerOptimizer
 from .state import ServerState
 from .sync import Sent
 from .wire import ReplyView, WireError, decode_array, metric
@@ -184,12 +186,14 @@ def combine_train(
     norm_factor: float,
     norm_policy: str,
     min_replies: int,
+    server_optimizer: ServerOptimizer | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Bound and combine a round's decoded replies: the new ``k``-vector and buffers.
 
     Returns ``(None, None)`` when the round is skipped (``stats.skipped`` and
     ``stats.skip_reason`` say why); ``state`` is not changed here except
-    for its norm references.
+    for its norm references and, in a round that is not skipped, the server
+    optimiser's state.
     """
     # 1. Norm bounds, from this round's norms and the last accepted round's.
     norms = [_norm(d.delta) for d in decoded]
@@ -245,6 +249,11 @@ def combine_train(
         stats.skip_reason = f"{len(replies)} valid replies, fewer than min-replies={min_replies}"
         return None, None
     values = method.combine(state, replies)
+    optimizer_state: dict[str, Tensor] = {}
+    if server_optimizer is not None and torch.isfinite(values).all():
+        values, optimizer_state = server_optimizer.step(
+            state.values, values, state.extra, state.mask_version
+        )
     new_buffers = average_buffers(buffers, buffer_weights) if buffers else None
     if not torch.isfinite(values).all() or (
         new_buffers is not None and not torch.isfinite(new_buffers).all()
@@ -252,6 +261,7 @@ def combine_train(
         stats.skipped = True
         stats.skip_reason = "the combined update is not finite"
         return None, None
+    state.extra.update(optimizer_state)
     state.norm_reference = kept_norms
     state.buffer_reference = kept_buffer_norms
     return values, new_buffers

@@ -186,6 +186,12 @@ class SupermaskMethod(SparseMethod):
             raise ConfigError(
                 f"supermask-uplink=mask averages the sampled masks; it needs aggregation='mean', got {config.aggregation!r}"
             )
+        if config.supermask_uplink == "mask" and config.server_optimizer != "none":
+            raise ConfigError(
+                "supermask-uplink=mask estimates the scores from the sampled masks, and nodes "
+                "rebuild them from those masks; it needs server-optimizer='none', got "
+                f"{config.server_optimizer!r} (supermask-uplink=scores takes a server optimiser)"
+            )
         if config.supermask_downlink == "masks" and config.supermask_uplink != "mask":
             raise ConfigError(
                 "supermask-downlink=masks forwards the clients' sampled masks; it needs "

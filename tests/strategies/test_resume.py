@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fish_fl import protocol as P
+from fish_fl.federation.server_optim import ServerOptimizer
 from fish_fl.runlog import RunRecorder
 from strategies.fish_strategy import FishMaskStrategy
 from strategies.state import CHECKPOINT, read_checkpoint_round
@@ -62,8 +63,17 @@ def _rows(run_dir: Path) -> list[dict[str, object]]:
         {"clients_per_round": 1},
         # Federated supermask: scores and head, Adam state, sampled masks seeded per round.
         {"mask_method": "supermask", "optimizer": "adamw", "lr": 0.01, "partition": "dirichlet"},
+        # FedAdam on the server: its moments in the checkpoint, reset at the refresh
+        # of round 4; FedProx on the nodes.
+        {
+            "server_optimizer": "adam",
+            "server_lr": 0.01,
+            "proximal_mu": 0.1,
+            "warmup_rounds": 1,
+            "mask_refresh": 2,
+        },
     ],
-    ids=["warmup-refresh-adamw", "sampled", "supermask"],
+    ids=["warmup-refresh-adamw", "sampled", "supermask", "fedadam-fedprox"],
 )
 def test_resumed_run_ends_like_an_uninterrupted_one(
     shared_data: Path, tmp_path: Path, changes: dict[str, object]
@@ -82,6 +92,11 @@ def test_resumed_run_ends_like_an_uninterrupted_one(
         first.start(_crashing_grid(3))
     assert read_checkpoint_round(run_dir / CHECKPOINT) == 2
     assert not torch.equal(first.values, ref.values)
+    if config.server_optimizer != "none":
+        # Round 2 started afresh at the first sparse mask; round 3 needs its moments.
+        saved = _raw(run_dir / CHECKPOINT)[0]
+        assert ServerOptimizer.steps(saved) == 1
+        assert int(saved["extra/server-optimizer/mask-version"][0]) == first.mask_version == 2
 
     # 3. Resumed by a new server with new nodes (new ids, empty node state).
     recorder = RunRecorder(run_dir, config, stream=None, resume=True)
@@ -99,6 +114,10 @@ def test_resumed_run_ends_like_an_uninterrupted_one(
     assert ref.plan is not None and resumed.plan is not None
     assert ref.plan.union.fingerprint == resumed.plan.union.fingerprint
     assert ref.mask_version == resumed.mask_version
+    for key, value in ref.state.extra.items():
+        assert torch.equal(value, resumed.state.extra[key]), key
+    if config.server_optimizer != "none":  # started afresh at round 4's refresh
+        assert ServerOptimizer.steps(resumed.state.extra) == 1
 
     # The same metrics file, except timing and the resync traffic of round 3.
     ref_rows, rows = _rows(ref_dir), _rows(run_dir)
