@@ -122,14 +122,16 @@ class RunRecorder:
         self,
         run_dir: str | Path,
         config: RunConfig,
-        stream: TextIO | None = sys.stdout,
+        stream: TextIO | None | str = "stdout",
         *,
         resume: bool = False,
     ) -> None:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = config
-        self.stream = stream
+        # "stdout": the process's stdout when the recorder is made (not when
+        # this module was imported; tests and callers may have replaced it).
+        self.stream: TextIO | None = sys.stdout if stream == "stdout" else stream  # type: ignore[assignment]
         self.rows: list[dict[str, Any]] = []
         self.mask_stats: dict[str, Any] = {}
         write_json_atomic(self.dir / "config.json", config.to_dict())

@@ -207,4 +207,9 @@ def test_fish_fl_tasks_lists_every_registered_task(
     out = capsys.readouterr().out
     listed = {line.split()[0] for line in out.splitlines() if line and not line.startswith("Your")}
     assert listed == set(task_names())
-    assert "text-classification  text" in out and "cifar10" in out
+    rows = {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line and not line.startswith("Your")
+    }
+    assert rows["text-classification"] == "text" and rows["cifar10"] == "image"

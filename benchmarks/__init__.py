@@ -1,0 +1,1 @@
+"""Benchmark scripts of fish-fl (run as files; see docs/benchmarks.md)."""
