@@ -7,11 +7,15 @@ and Raffel, NeurIPS 2021, arXiv 2111.09839) notes that a 0.5% mask of
 BERT-large stores in about 1% of the full checkpoint (32-bit indices plus
 32-bit values); with the default 64-bit indices it is about 1.5%.
 
-The file is safetensors: for every tensor of the state dict that changed,
-``indices/<name>`` (flat indices, int64 by default) and ``values/<name>``
-(the *fine-tuned* values, not differences, so applying is exact). Its
-metadata carries a format tag, the base model's name and content fingerprint,
-and the entry counts. Applying refuses a base with a different fingerprint,
+The file is safetensors. For every tensor of the state dict that changed it
+holds whichever of two forms is smaller: ``indices/<name>`` (flat indices,
+int64 by default) with ``values/<name>`` (the *fine-tuned* values, float32 or
+float64, not differences, so applying is exact), or ``values/<name>`` alone,
+the whole fine-tuned tensor in its own dtype. A densely trained model thus
+stores in no more than its own size; a 0.5% one stays indices and values.
+Its metadata carries a format tag (``fish-fl-delta/2``; files of version 1,
+indices and values only, are still read), the base model's name and content
+fingerprint, the entry counts, and (version 2) which form each tensor has. Applying refuses a base with a different fingerprint,
 and checks the whole file before it writes anything: every metadata field,
 every tensor (a known floating-point entry of the model, its shape, integer
 indices within range and without duplicates, finite values of the right
@@ -36,6 +40,7 @@ from .fileio import CorruptFileError, read_safetensors, save_safetensors_atomic
 
 __all__ = [
     "DELTA_FORMAT",
+    "DELTA_FORMATS",
     "DeltaError",
     "DeltaInfo",
     "apply_sparse_delta",
@@ -47,8 +52,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DELTA_FORMAT = "fish-fl-delta/1"
-_RESERVED = ("format", "base_name", "base_fingerprint", "changed", "total", "shapes")
+DELTA_FORMAT = "fish-fl-delta/2"
+_DELTA_FORMAT_V1 = "fish-fl-delta/1"
+#: Every format this version reads.
+DELTA_FORMATS = (DELTA_FORMAT, _DELTA_FORMAT_V1)
+_RESERVED = ("format", "base_name", "base_fingerprint", "changed", "total", "shapes", "storage")
+# How one tensor is stored: its changed entries' indices and values, or the whole tensor.
+_SPARSE, _WHOLE = "indices", "whole"
 _INDEX_DTYPES = {"int64": torch.int64, "int32": torch.int32}
 # Same-width integer views, to compare floats bit for bit (-0.0 vs 0.0, NaN payloads).
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -139,7 +149,8 @@ def save_sparse_delta(
 
     Every floating-point tensor of the state dict is compared: parameters and
     buffers such as BatchNorm running statistics. Integer buffers (BatchNorm's
-    ``num_batches_tracked``) are not stored.
+    ``num_batches_tracked``) are not stored. A changed tensor is stored the
+    smaller way: its changed entries' indices and values, or whole.
 
     Parameters
     ----------
@@ -195,6 +206,7 @@ def save_sparse_delta(
 
     tensors: dict[str, Tensor] = {}
     shapes: list[list[object]] = []
+    storage: dict[str, str] = {}
     changed = total = 0
     for name, t in new.items():
         b = old[name]
@@ -215,8 +227,14 @@ def save_sparse_delta(
             )
         # float64 keeps its precision; every narrower float is exact in float32.
         values = values if t.dtype == torch.float64 else values.to(torch.float32)
-        tensors[f"indices/{name}"] = idx.to(_INDEX_DTYPES[index_dtype]).contiguous()
-        tensors[f"values/{name}"] = values.contiguous()
+        sparse_bytes = idx.numel() * (_INDEX_DTYPES[index_dtype].itemsize + values.element_size())
+        if sparse_bytes <= t.numel() * t.element_size():
+            tensors[f"indices/{name}"] = idx.to(_INDEX_DTYPES[index_dtype]).contiguous()
+            tensors[f"values/{name}"] = values.contiguous()
+            storage[name] = _SPARSE
+        else:
+            tensors[f"values/{name}"] = t.reshape(-1).clone()
+            storage[name] = _WHOLE
         shapes.append([name, list(t.shape)])
         changed += idx.numel()
 
@@ -227,6 +245,7 @@ def save_sparse_delta(
         "changed": str(changed),
         "total": str(total),
         "shapes": json.dumps(shapes),
+        "storage": json.dumps(storage),
         **extra,
     }
     path = Path(path)
@@ -285,9 +304,10 @@ def read_delta_metadata(path: str | Path) -> dict[str, str]:
             meta = dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types for a corrupt header
         raise DeltaError(f"{path} is not a safetensors file ({' '.join(str(e).split())})") from None
-    if meta.get("format") != DELTA_FORMAT:
+    if meta.get("format") not in DELTA_FORMATS:
         raise DeltaError(f"{path} is not a fish-fl sparse delta (format {meta.get('format')!r})")
-    for key in ("base_name", "base_fingerprint", "changed", "total", "shapes"):
+    keys = ["base_name", "base_fingerprint", "changed", "total", "shapes"]
+    for key in keys + (["storage"] if meta["format"] == DELTA_FORMAT else []):
         if key not in meta:
             raise DeltaError(f"{path}: metadata {key!r} is missing")
     if not _FINGERPRINT.fullmatch(meta["base_fingerprint"]):
@@ -295,8 +315,28 @@ def read_delta_metadata(path: str | Path) -> dict[str, str]:
     for key in ("changed", "total"):
         if not _COUNT.fullmatch(meta[key]):
             raise DeltaError(f"{path}: metadata {key!r} must be a whole number, got {meta[key]!r}")
-    _shapes(path, meta["shapes"])
+    _storage(path, meta, _shapes(path, meta["shapes"]))
     return meta
+
+
+def _storage(
+    path: Path, meta: Mapping[str, str], shapes: list[tuple[str, tuple[int, ...]]]
+) -> dict[str, str]:
+    """How each listed tensor is stored (version 1: always indices and values)."""
+    if meta["format"] == _DELTA_FORMAT_V1:
+        return {name: _SPARSE for name, _ in shapes}
+    try:
+        storage = json.loads(meta["storage"])
+    except json.JSONDecodeError as e:
+        raise DeltaError(f"{path}: metadata 'storage' is not JSON ({e})") from None
+    if not isinstance(storage, dict) or set(storage) != {name for name, _ in shapes}:
+        raise DeltaError(f"{path}: metadata 'storage' must name every tensor of 'shapes' once")
+    for name, kind in storage.items():
+        if kind not in (_SPARSE, _WHOLE):
+            raise DeltaError(
+                f"{path}: {name} is stored as {kind!r}; expected {_SPARSE!r} or {_WHOLE!r}"
+            )
+    return storage
 
 
 def read_delta_info(path: str | Path) -> DeltaInfo:
@@ -341,6 +381,29 @@ def _check_entry(path: Path, name: str, target: Tensor, idx: Tensor, values: Ten
         )
 
 
+def _whole_entry(
+    path: Path, name: str, target: Tensor, values: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A tensor stored whole: its dtype and size, finite where it differs from the base.
+
+    Returns the target, the changed indices and their values (what is written).
+    """
+    if values is None:
+        raise DeltaError(f"{path}: values of {name!r} are missing")
+    dtype = str(target.dtype).removeprefix("torch.")
+    if values.dtype != target.dtype or values.ndim != 1 or values.numel() != target.numel():
+        raise DeltaError(
+            f"{path}: {name} is stored whole as {values.ndim}-D "
+            f"{str(values.dtype).removeprefix('torch.')} of {values.numel()} entries; "
+            f"expected 1-D {dtype} of {target.numel()}"
+        )
+    idx = _changed(values, target.detach().cpu())
+    changed = values[idx]
+    if not bool(torch.isfinite(changed).all()):
+        raise DeltaError(f"{path}: {name} has non-finite values (NaN or infinite in {dtype})")
+    return target, idx, changed
+
+
 def apply_sparse_delta(base_model: nn.Module, path: str | Path) -> nn.Module:
     """Write a delta's values into ``base_model``, in place, and return it.
 
@@ -375,7 +438,10 @@ def apply_sparse_delta(base_model: nn.Module, path: str | Path) -> nn.Module:
 
     # 1. Read and check everything.
     shapes = _shapes(path, meta["shapes"])
-    listed = {f"{kind}/{name}" for name, _ in shapes for kind in ("indices", "values")}
+    storage = _storage(path, meta, shapes)
+    listed = {f"values/{name}" for name, _ in shapes} | {
+        f"indices/{name}" for name, _ in shapes if storage[name] == _SPARSE
+    }
     unexpected = sorted(set(tensors) - listed)
     if unexpected:
         raise DeltaError(f"{path}: tensor {unexpected[0]!r} is not listed in its shapes")
@@ -388,6 +454,9 @@ def apply_sparse_delta(base_model: nn.Module, path: str | Path) -> nn.Module:
             raise DeltaError(
                 f"{path}: {name} has shape {shape} in the delta, {tuple(target.shape)} in the model"
             )
+        if storage[name] == _WHOLE:
+            updates.append(_whole_entry(path, name, target, tensors.get(f"values/{name}")))
+            continue
         if f"indices/{name}" not in tensors or f"values/{name}" not in tensors:
             raise DeltaError(f"{path}: indices or values of {name!r} are missing")
         idx, values = tensors[f"indices/{name}"], tensors[f"values/{name}"]

@@ -252,11 +252,11 @@ def _load_folder(path: Path) -> dict[str, Tensor]:
 def _is_delta(path: Path) -> bool:
     from safetensors import safe_open
 
-    from .checkpoint import DELTA_FORMAT
+    from .checkpoint import DELTA_FORMATS
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == DELTA_FORMAT
+            return (f.metadata() or {}).get("format") in DELTA_FORMATS
     except Exception:  # not safetensors at all: _load_file reports it
         return False
 

@@ -5,28 +5,35 @@ folder. One file, written to a temporary name, flushed to disk and renamed
 over the old one (:func:`fish_fl.fileio.save_safetensors_atomic`), so a crash
 while writing leaves the previous checkpoint intact.
 
-Tensors:
+Tensors (format 3): nothing that can be rebuilt exactly is stored twice.
 
-- ``model/index``, ``model/value``: the global model's parameters as the
-  entries that differ from the initial model every node builds (sparse for
-  masked training, dense after dense warm-up rounds);
+- ``model/at``, ``model/value``: the global model's parameters as the entries
+  that differ (bit for bit) from the initial model every node builds, or the
+  whole model when that is smaller; ``model/at`` is the compact mask encoding
+  of those positions (:meth:`fish_fl.masks.Mask.to_bytes`: a bitmap, varint
+  gaps, or "every entry"), so a dense run stores one float32 copy;
 - ``model/buffers``: floating-point buffers (BatchNorm statistics);
-- ``values``, ``base-values``, ``prev-values``: the masked values now, when
-  the current base was taken, and before the last base change;
+- ``values/...``, ``base-values/...``, ``prev-values/...``: the masked values
+  now, when the current base was taken, and before the last base change, each
+  as ``at`` and ``value`` in the same way, against the entries under its
+  plan of the model or of the initial model (``references`` in the metadata
+  says which): the values now are the model's own entries and store nothing;
 - ``plan/<which>/union`` and ``plan/<which>/slot<i>``: the mask plans (the
-  compact mask encoding) and ``plan/<which>/pos<i>`` their slot positions;
+  compact mask encoding; an empty slot is the union itself). A plan equal to
+  an earlier one is stored once (``plans`` in the metadata); the slots'
+  positions in the union are rebuilt from the masks;
 - ``extra/...``: what the run's method keeps besides (``ServerState.extra``).
 
 Metadata (JSON): round, mask and base versions, phase, the ledger, the
 sampling generator's state, the elapsed wall time, the run key nodes use to
-find their saved optimiser state, the number of model entries, and the
-initial model's fingerprint (a resumed run must start from the same model).
-Besides, a SHA-256 of every tensor and of the metadata (format 2).
+find their saved optimiser state, the number of model entries, the initial
+model's fingerprint (a resumed run must start from the same model), the plans
+and the references. Besides, a SHA-256 of every tensor and of the metadata.
 
 Reading checks everything before anything is restored: the checksums (a
 flipped bit is refused), every metadata field (present, of its type and
-range), every tensor (present, dtype, shape, indices within the model, plan
-positions that point at the slot's entries in the union), and, against the
+range), every tensor (present, dtype, size, position encodings over the
+right number of entries, slots within their union), and, against the
 model, the initial fingerprint, the sizes, and the base's fingerprint. Every
 problem is one :class:`CheckpointError` (a ``ValueError``) whose one-line
 message names the file and what is wrong.
@@ -70,14 +77,17 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.safetensors"
-FORMAT = "fish-fl-server-state/2"
-_OLD_FORMATS = ("fish-fl-server-state/1",)
+FORMAT = "fish-fl-server-state/3"
+_OLD_FORMATS = ("fish-fl-server-state/1", "fish-fl-server-state/2")
 _PLANS = ("current", "base", "prev")
 _PHASES = ("sparse", "dense")
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 _RUN_KEY = re.compile(r"[0-9A-Za-z]+")
-_PLAN_PART = re.compile(r"plan/(current|base|prev)/(union|slot\d+|pos\d+)")
-_FIXED = ("model/index", "model/value", "model/buffers", "values", "base-values", "prev-values")
+_PLAN_PART = re.compile(r"plan/(current|base|prev)/(union|slot\d+)")
+# The masked values now, at the base, before the last base change: the plan each is under.
+_VALUES = {"values": "current", "base-values": "base", "prev-values": "prev"}
+_REFERENCES = ("model", "initial")
+_FIXED = ("model/buffers", *(f"{n}/{p}" for n in ("model", *_VALUES) for p in ("at", "value")))
 
 
 class CheckpointError(CorruptFileError):
@@ -88,15 +98,64 @@ def _bytes_tensor(data: bytes) -> Tensor:
     return torch.from_numpy(np.frombuffer(bytearray(data), np.uint8))
 
 
-def _plan_tensors(prefix: str, plan: MaskPlan | None) -> dict[str, Tensor]:
-    # Plans share masks and positions (the base plan is often the current
-    # one); every tensor is its own copy, as safetensors requires.
-    if plan is None:
-        return {}
-    out = {f"{prefix}/union": _bytes_tensor(plan.union.to_bytes())}
-    for i, (mask, positions) in enumerate(plan.slots):
-        out[f"{prefix}/slot{i}"] = _bytes_tensor(mask.to_bytes())
-        out[f"{prefix}/pos{i}"] = positions.to(torch.int64).clone()
+def _plans(state: ServerState) -> tuple[dict[str, Tensor], dict[str, int | str | None]]:
+    """The plans' masks, each distinct plan once, and what the metadata says of each."""
+    tensors: dict[str, Tensor] = {}
+    meta: dict[str, int | str | None] = {}
+    stored: dict[str, MaskPlan] = {}
+    plans = {"current": state.plan, "base": state.base_plan, "prev": state.prev_plan}
+    for which, plan in plans.items():
+        if plan is None:
+            meta[which] = None
+            continue
+        same = next((w for w, p in stored.items() if _same_plan(p, plan)), None)
+        if same is not None:
+            meta[which] = same
+            continue
+        stored[which] = plan
+        meta[which] = plan.num_slots
+        tensors[f"plan/{which}/union"] = _bytes_tensor(plan.union.to_bytes())
+        for i, (mask, _) in enumerate(plan.slots):
+            tensors[f"plan/{which}/slot{i}"] = _bytes_tensor(
+                b"" if mask == plan.union else mask.to_bytes()
+            )
+    return tensors, meta
+
+
+def _same_plan(a: MaskPlan, b: MaskPlan) -> bool:
+    return a is b or (
+        a.num_slots == b.num_slots
+        and a.union == b.union
+        and all(x == y for (x, _), (y, _) in zip(a.slots, b.slots, strict=True))
+    )
+
+
+def _flat_mask(positions: Tensor, n: int) -> Mask:
+    return Mask({"flat": positions}, {"flat": (n,)})
+
+
+def _differences(target: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
+    """Where ``target`` differs from ``reference`` bit for bit, and its values there.
+
+    As ``(at, value)``: ``at`` the compact encoding of the positions, or of
+    every position with ``value`` the whole of ``target`` when that is smaller.
+    """
+    n = target.numel()
+    at = torch.nonzero(target.view(torch.int32) != reference.view(torch.int32)).view(-1)
+    encoding = _flat_mask(at, n).to_bytes()
+    if len(encoding) + 4 * at.numel() >= 4 * n:
+        return _bytes_tensor(_flat_mask(torch.arange(n), n).to_bytes()), target.clone()
+    return _bytes_tensor(encoding), target[at].contiguous()
+
+
+def _value_references(state: ServerState, flat: Tensor) -> dict[str, dict[str, Tensor]]:
+    """Per values tensor, the entries under its plan of the model and of the initial model."""
+    plans = {"current": state.plan, "base": state.base_plan, "prev": state.prev_plan}
+    out = {}
+    for name, which in _VALUES.items():
+        plan = plans[which]
+        at = plan.union.flat_positions() if plan is not None else torch.zeros(0, dtype=torch.long)
+        out[name] = {"model": flat[at], "initial": state.initial_flat[at]}
     return out
 
 
@@ -108,19 +167,35 @@ def _rng_state(rng: random.Random) -> list[Any]:
 def save_server_state(state: ServerState, path: Path, rnd: int, elapsed: float) -> None:
     """Write the server's state after round ``rnd`` atomically to ``path``."""
     current = P.flat_parameters(state.model)
-    changed = torch.nonzero(current != state.initial_flat).view(-1)
+    model_at, model_value = _differences(current, state.initial_flat)
     tensors: dict[str, Tensor] = {
-        "model/index": changed,
-        "model/value": current[changed].contiguous(),
+        "model/at": model_at,
+        "model/value": model_value,
         "model/buffers": P.flat_buffers(state.model).contiguous(),
-        "values": state.values.float().clone(),
-        "base-values": state.base_values.float().clone(),
-        "prev-values": state.prev_values.float().clone(),
-        **_plan_tensors("plan/current", state.plan),
-        **_plan_tensors("plan/base", state.base_plan),
-        **_plan_tensors("plan/prev", state.prev_plan),
         **{k: v.clone() for k, v in state.extra.items()},
     }
+    # Each values tensor against whichever reference it differs from least.
+    references: dict[str, str] = {}
+    candidates = _value_references(state, current)
+    for name, target in (
+        ("values", state.values),
+        ("base-values", state.base_values),
+        ("prev-values", state.prev_values),
+    ):
+        target = target.float().contiguous()
+        best = None
+        for ref in _REFERENCES:
+            at, value = _differences(target, candidates[name][ref])
+            if (
+                best is None
+                or at.numel() + 4 * value.numel() < best[1].numel() + 4 * best[2].numel()
+            ):
+                best = (ref, at, value)
+        assert best is not None
+        references[name] = best[0]
+        tensors[f"{name}/at"], tensors[f"{name}/value"] = best[1], best[2]
+    plan_tensors, plans = _plans(state)
+    tensors.update(plan_tensors)
     meta = {
         "round": rnd,
         "phase": state.phase,
@@ -138,6 +213,8 @@ def save_server_state(state: ServerState, path: Path, rnd: int, elapsed: float) 
         "elapsed": elapsed,
         "run_key": state.run_key,
         "total": state.total,
+        "plans": plans,
+        "references": references,
     }
     save_safetensors_atomic(
         tensors, path, {"format": FORMAT, "state": json.dumps(meta)}, checksums=True
@@ -276,42 +353,70 @@ class _Reader:
             raise self.fail(f"mask {name!r} covers {mask.total} entries, the model has {total}")
         return mask
 
-    def plan(self, which: str, total: int) -> MaskPlan | None:
+    def plans(self, total: int) -> dict[str, MaskPlan | None]:
+        """The three plans; ``plans`` in the metadata says which are stored, which repeat one."""
+        value = self.field("plans")
+        if not isinstance(value, dict) or set(value) != set(_PLANS):
+            raise self.fail(f"metadata field 'plans' must name {', '.join(_PLANS)}")
+        out: dict[str, MaskPlan | None] = {}
+        for which in _PLANS:
+            entry = value[which]
+            prefix = f"plan/{which}"
+            parts = {k[len(prefix) + 1 :] for k in self.tensors if k.startswith(prefix + "/")}
+            if entry is None or isinstance(entry, str):
+                if entry is not None and out.get(entry) is None:
+                    raise self.fail(f"plan {which!r} repeats {_show(entry)}, not an earlier plan")
+                if parts:
+                    raise self.fail(f"plan {which!r} is not stored but has tensors under {prefix}")
+                out[which] = None if entry is None else out[entry]
+            elif _is_count(entry) and entry > 0:
+                out[which] = self.plan(which, entry, parts, total)
+            else:
+                raise self.fail(f"plan {which!r} in metadata field 'plans' is {_show(entry)}")
+        return out
+
+    def plan(self, which: str, n: int, parts: set[str], total: int) -> MaskPlan:
         prefix = f"plan/{which}"
-        parts = {k[len(prefix) + 1 :] for k in self.tensors if k.startswith(prefix + "/")}
-        if not parts:
-            return None
-        union = self.mask(f"{prefix}/union", total)
-        n = sum(1 for p in parts if p.startswith("slot"))
-        expected = {"union"} | {f"slot{i}" for i in range(n)} | {f"pos{i}" for i in range(n)}
-        if n == 0 or parts != expected:
+        expected = {"union"} | {f"slot{i}" for i in range(n)}
+        if parts != expected:
             odd = sorted(parts ^ expected)
-            raise self.fail(f"plan {which!r} has no slot or unmatched parts ({', '.join(odd)})")
+            raise self.fail(f"plan {which!r} has missing or unmatched parts ({', '.join(odd)})")
+        union = self.mask(f"{prefix}/union", total)
         union_flat = union.flat_positions()
         slots = []
         for i in range(n):
+            if self.tensor(f"{prefix}/slot{i}", torch.uint8).numel() == 0:
+                slots.append((union, torch.arange(union.k)))
+                continue
             mask = self.mask(f"{prefix}/slot{i}", total)
             if mask.shapes != union.shapes:
                 raise self.fail(f"mask {prefix}/slot{i} covers other parameters than the union")
-            pos = self.tensor(f"{prefix}/pos{i}", torch.int64)
-            if pos.numel() != mask.k:
-                raise self.fail(
-                    f"{prefix}/pos{i} has {pos.numel()} positions for a mask of {mask.k}"
-                )
-            if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= union.k):
-                raise self.fail(f"{prefix}/pos{i} points outside the union's {union.k} entries")
-            if not torch.equal(union_flat[pos], mask.flat_positions()):
-                raise self.fail(
-                    f"{prefix}/pos{i} does not point at slot {i}'s entries in the union"
-                )
+            # Mask orders agree, so the slot's entries sit in the union in its own order.
+            flat = mask.flat_positions()
+            pos = torch.searchsorted(union_flat, flat)
+            inside = pos < union.k
+            if not bool(inside.all()) or not torch.equal(union_flat[pos], flat):
+                raise self.fail(f"mask {prefix}/slot{i} is not within the union")
             slots.append((mask, pos))
         return MaskPlan(union, tuple(slots))
 
-    def values(self, name: str, plan: MaskPlan | None, which: str) -> None:
-        t = self.tensor(name, torch.float32)
-        k = plan.union.k if plan is not None else 0
-        if t.numel() != k:
-            raise self.fail(f"tensor {name!r} has {t.numel()} values, plan {which!r} has {k}")
+    def differences(self, name: str, n: int) -> tuple[Tensor, Tensor]:
+        """``name/at`` and ``name/value``: positions among ``n`` entries and as many values."""
+        at = self.tensor(f"{name}/at", torch.uint8)
+        try:
+            mask = Mask.from_bytes(at.numpy())
+        except (ValueError, IndexError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise self.fail(
+                f"tensor '{name}/at' is not a position encoding ({' '.join(str(e).split())})"
+            ) from None
+        if list(mask.shapes.items()) != [("flat", (n,))]:
+            raise self.fail(f"tensor '{name}/at' does not cover the {n} entries of {name}")
+        value = self.tensor(f"{name}/value", torch.float32)
+        if value.numel() != mask.k:
+            raise self.fail(
+                f"{name}/value has {value.numel()} values, {name}/at {mask.k} positions"
+            )
+        return mask.indices["flat"], value
 
 
 def _read(path: Path) -> _Checkpoint:
@@ -363,23 +468,21 @@ def _read(path: Path) -> _Checkpoint:
     ledger = r.ledger()
     rng = r.rng()
 
-    # 2. Tensors: nothing unknown, each of its dtype and size, indices within the model.
+    # 2. Tensors: nothing unknown, each of its dtype and size, positions within their tensor.
     for name in tensors:
         if name not in _FIXED and not _PLAN_PART.fullmatch(name) and not name.startswith("extra/"):
             raise r.fail(f"unexpected tensor {name!r}")
-    index = r.tensor("model/index", torch.int64)
-    value = r.tensor("model/value", torch.float32)
-    if index.numel() != value.numel():
-        raise r.fail(f"model/index has {index.numel()} entries, model/value {value.numel()}")
-    if index.numel() and (int(index[0]) < 0 or int(index[-1]) >= total):
-        raise r.fail(f"model/index has an index outside the model's {total} entries")
-    if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
-        raise r.fail("model/index is not strictly increasing (duplicate or unsorted indices)")
+    r.differences("model", total)
     r.tensor("model/buffers", torch.float32)
-    plans = {which: r.plan(which, total) for which in _PLANS}
-    r.values("values", plans["current"], "current")
-    r.values("base-values", plans["base"], "base")
-    r.values("prev-values", plans["prev"], "prev")
+    plans = r.plans(total)
+    references = r.field("references")
+    if not isinstance(references, dict) or set(references) != set(_VALUES):
+        raise r.fail(f"metadata field 'references' must name {', '.join(_VALUES)}")
+    for name, which in _VALUES.items():
+        if references[name] not in _REFERENCES:
+            raise r.fail(f"the reference of {name} must be one of {', '.join(_REFERENCES)}")
+        plan = plans[which]
+        r.differences(name, plan.union.k if plan is not None else 0)
     return _Checkpoint(path, meta, tensors, plans, ledger, rng)
 
 
@@ -419,12 +522,25 @@ def load_server_state(state: ServerState, path: Path) -> dict[str, Any]:
         if plan is not None and list(plan.union.shapes.items()) != list(shapes.items()):
             raise ck.fail(f"the masks of plan {which!r} cover other parameters than the model's")
 
-    # 2. The global model, and the base nodes rebuild from it (its fingerprint is stored).
+    # 2. The global model, the masked values (against the model or the initial model),
+    # and the base nodes rebuild from them (its fingerprint is stored).
+    r = _Reader(path, meta, tensors)
+    at, value = r.differences("model", state.total)
     flat = state.initial_flat.clone()
-    flat[tensors["model/index"]] = tensors["model/value"]
+    flat[at] = value
+    values: dict[str, Tensor] = {}
+    for name, which in _VALUES.items():
+        plan = ck.plans[which]
+        where = (
+            plan.union.flat_positions() if plan is not None else torch.zeros(0, dtype=torch.long)
+        )
+        out = (flat if meta["references"][name] == "model" else state.initial_flat)[where]
+        at, value = r.differences(name, where.numel())
+        out[at] = value
+        values[name] = out
     base = flat.clone()
     if ck.plans["base"] is not None:
-        base[ck.plans["base"].union.flat_positions()] = tensors["base-values"]
+        base[ck.plans["base"].union.flat_positions()] = values["base-values"]
     if flat_fingerprint(base, shapes) != meta["base_fingerprint"]:
         raise ck.fail("the model and base values do not give the base fingerprint it records")
 
@@ -432,9 +548,9 @@ def load_server_state(state: ServerState, path: Path) -> dict[str, Any]:
     P.load_flat_parameters(state.model, flat)
     if buffers.numel():
         P.load_flat_buffers(state.model, buffers)
-    state.values = tensors["values"]
-    state.base_values = tensors["base-values"]
-    state.prev_values = tensors["prev-values"]
+    state.values = values["values"]
+    state.base_values = values["base-values"]
+    state.prev_values = values["prev-values"]
     state.plan = ck.plans["current"]
     state.base_plan = ck.plans["base"]
     state.prev_plan = ck.plans["prev"]

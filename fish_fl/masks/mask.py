@@ -25,7 +25,10 @@ __all__ = ["Mask", "ParameterStats", "block_of"]
 
 _MAGIC = b"FISHMASK"
 _FORMAT_VERSION = 1
-_SAFETENSORS_FORMAT = "fish-fl-mask/1"
+# Version 2 stores the compact encoding (:meth:`Mask.to_bytes`); version 1
+# files (one int64 index tensor per parameter) are still read.
+_SAFETENSORS_FORMAT = "fish-fl-mask/2"
+_SAFETENSORS_FORMAT_V1 = "fish-fl-mask/1"
 
 
 @dataclass(frozen=True)
@@ -392,21 +395,25 @@ class Mask:
 
     # -- files ------------------------------------------------------------------
     def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
-        """Save as safetensors (atomically): one int64 index tensor per parameter, shapes in metadata."""
+        """Save as safetensors (atomically): the compact encoding as one uint8 tensor.
+
+        Each parameter is coded the smallest way (see :meth:`to_bytes`), so a
+        parameter kept whole costs a few header bytes, not 8 bytes per entry.
+        """
         from ..fileio import save_safetensors_atomic
 
-        tensors = {f"indices/{n}": idx.contiguous() for n, idx in self.indices.items()}
+        encoding = torch.from_numpy(np.frombuffer(bytearray(self.to_bytes()), np.uint8))
         meta = {
             "format": _SAFETENSORS_FORMAT,
-            "shapes": json.dumps([[n, list(s)] for n, s in self.shapes.items()]),
             "fingerprint": self.fingerprint,
             "k": str(self.k),
             **(metadata or {}),
         }
-        save_safetensors_atomic(tensors, path, meta)
+        save_safetensors_atomic({"encoding": encoding}, path, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> Mask:
+        """Read a mask file of version 2 or 1; raises ``ValueError`` on a corrupt one."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -414,11 +421,17 @@ class Mask:
             raise FileNotFoundError(f"mask file not found: {path}")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != _SAFETENSORS_FORMAT:
+            fmt = meta.get("format")
+            if fmt == _SAFETENSORS_FORMAT:
+                try:
+                    mask = cls.from_bytes(f.get_tensor("encoding").numpy())
+                except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
+                    raise ValueError(f"{path}: not a mask encoding ({e})") from None
+            elif fmt == _SAFETENSORS_FORMAT_V1:
+                shapes = {n: tuple(s) for n, s in json.loads(meta["shapes"])}
+                mask = cls({n: f.get_tensor(f"indices/{n}") for n in shapes}, shapes)
+            else:
                 raise ValueError(f"{path} is not a fish-fl mask file")
-            shapes = {n: tuple(s) for n, s in json.loads(meta["shapes"])}
-            indices = {n: f.get_tensor(f"indices/{n}") for n in shapes}
-        mask = cls(indices, shapes)
         if meta.get("fingerprint") and meta["fingerprint"] != mask.fingerprint:
             raise ValueError(f"{path}: mask content does not match its stored fingerprint")
         return mask

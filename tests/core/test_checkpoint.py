@@ -77,11 +77,20 @@ def test_round_trip_is_bit_exact(tmp_path: Path) -> None:
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
+        storage = json.loads(meta["storage"])
+        # fc.bias changed in 3 of 5 entries: whole (20 bytes) is smaller than 3 x (8 + 4).
+        assert storage == {n: "whole" if n == "fc.bias" else "indices" for n in changed}
         for name, idx in changed.items():
+            if name == "fc.bias":
+                assert torch.equal(
+                    f.get_tensor(f"values/{name}").view(torch.int32),
+                    _float_state(tuned)[name].view(torch.int32),
+                )
+                continue
             assert torch.equal(f.get_tensor(f"indices/{name}"), idx)
             assert f.get_tensor(f"indices/{name}").dtype == torch.int64
             assert f.get_tensor(f"values/{name}").dtype == torch.float32
-    assert meta["format"] == DELTA_FORMAT and meta["base_name"] == "tiny"
+    assert meta["format"] == DELTA_FORMAT == "fish-fl-delta/2" and meta["base_name"] == "tiny"
     assert meta["base_fingerprint"] == state_fingerprint(base.state_dict())
     assert meta["changed"] == str(expected_changed) and meta["run"] == "r1"
 
@@ -192,6 +201,60 @@ def test_half_percent_delta_size(tmp_path: Path, index_dtype: str, ratio: float)
     )
 
 
+def _safetensors_header_bytes(path: Path) -> int:
+    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
+
+
+@pytest.mark.parametrize("index_dtype", ["int64", "int32"])
+@pytest.mark.parametrize("fraction", [1.0, 0.6])
+def test_a_dense_delta_is_no_larger_than_the_model(
+    tmp_path: Path, index_dtype: str, fraction: float
+) -> None:
+    """Every tensor (or 60% of each) changed: stored whole, the data is the float32 model's size."""
+    base = nn.Sequential(nn.Linear(300, 200), nn.LayerNorm(200), nn.Linear(200, 10))
+    tuned, _ = _fine_tune(base, fraction)
+    path = tmp_path / "delta.safetensors"
+    info = save_sparse_delta(tuned, base, path, base_name="mlp", index_dtype=index_dtype)
+    assert info.changed == pytest.approx(fraction * info.total, abs=3)
+    assert path.stat().st_size - _safetensors_header_bytes(path) == info.full_bytes
+    assert info.file_bytes <= info.full_bytes + 2048  # the header: names, shapes, storage
+    with safe_open(str(path), framework="pt") as f:
+        assert set(json.loads(f.metadata()["storage"]).values()) == {"whole"}
+        assert not any(k.startswith("indices/") for k in f.keys())  # noqa: SIM118
+    restored = apply_sparse_delta(copy.deepcopy(base), path)
+    for a, b in zip(restored.state_dict().values(), tuned.state_dict().values(), strict=True):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+def test_a_version_1_delta_still_applies(tmp_path: Path) -> None:
+    """A file as version 1 wrote it: indices and values for every tensor, no storage entry."""
+    base = _base()
+    tuned, changed = _fine_tune(base, 0.5)
+    state = _float_state(tuned)
+    tensors = {}
+    for name, idx in changed.items():
+        tensors[f"indices/{name}"] = idx
+        tensors[f"values/{name}"] = state[name].reshape(-1)[idx].contiguous()
+    meta = {
+        "format": "fish-fl-delta/1",
+        "base_name": "tiny",
+        "base_fingerprint": state_fingerprint(base.state_dict()),
+        "changed": str(sum(int(i.numel()) for i in changed.values())),
+        "total": str(sum(t.numel() for t in state.values())),
+        "shapes": json.dumps([[n, list(state[n].shape)] for n in changed]),
+    }
+    path = tmp_path / "v1.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    assert read_delta_info(path).changed == int(meta["changed"])
+    restored = apply_sparse_delta(copy.deepcopy(base), path)
+    for name, t in _float_state(restored).items():
+        assert torch.equal(t, state[name]), name
+    tensors["values/fc.bias"][0] = float("nan")
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ValueError, match="fc.bias has non-finite"):
+        apply_sparse_delta(copy.deepcopy(base), path)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_round_trip_in_other_float_dtypes(tmp_path: Path, dtype: torch.dtype) -> None:
     base = nn.Sequential(nn.Linear(30, 20), nn.LayerNorm(20)).to(dtype)
@@ -219,6 +282,8 @@ def _good_delta(path: Path) -> tuple[nn.Module, nn.Module]:
 
     base = _base()
     tuned, _ = _fine_tune(base, 0.2)
+    with torch.no_grad():
+        tuned.get_parameter("conv1.bias").add_(1.0)  # changed whole: stored whole
     save_sparse_delta(
         tuned, base, path, base_name="tiny", metadata={"run-config": RunConfig().to_json()}
     )
@@ -279,6 +344,9 @@ def _rename(old: str, new: str) -> Callable[[Tensors, Meta], None]:
             if entry[0] == old:
                 entry[0] = new
         meta["shapes"] = json.dumps(shapes)
+        storage = json.loads(meta["storage"])
+        storage[new] = storage.pop(old)
+        meta["storage"] = json.dumps(storage)
 
     return edit
 
@@ -289,6 +357,27 @@ def _add_tensor(tensors: Tensors, meta: Meta) -> None:
 
 def _drop_values(tensors: Tensors, meta: Meta) -> None:
     del tensors["values/fc.bias"]
+
+
+def _storage_edit(name: str, kind: str) -> Callable[[Tensors, Meta], None]:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        meta["storage"] = json.dumps({**json.loads(meta["storage"]), name: kind})
+
+    return edit
+
+
+def _drop(name: str) -> Callable[[Tensors, Meta], None]:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        del tensors[name]
+
+    return edit
+
+
+def _add(name: str) -> Callable[[Tensors, Meta], None]:
+    def edit(tensors: Tensors, meta: Meta) -> None:
+        tensors[name] = torch.arange(2)
+
+    return edit
 
 
 def _list_twice(shapes: list[list[object]]) -> None:
@@ -337,6 +426,19 @@ BAD_DELTAS = [
     ("shapes-not-json", _meta("shapes", "[[fc"), "metadata 'shapes' is not JSON"),
     ("shapes-twice", _shapes_edit(_list_twice), "twice"),
     ("no-fingerprint", _meta("base_fingerprint", None), "'base_fingerprint' is missing"),
+    ("no-storage", _meta("storage", None), "metadata 'storage' is missing"),
+    ("storage-not-json", _meta("storage", "{fc"), "metadata 'storage' is not JSON"),
+    ("storage-kind", _storage_edit("fc.weight", "bitmap"), "fc.weight is stored as 'bitmap'"),
+    ("storage-unlisted", _storage_edit("fc.gamma", "whole"), "must name every tensor"),
+    ("whole-short", _edit("values/conv1.bias", lambda t: t[:-1]), "conv1.bias is stored whole"),
+    (
+        "whole-float64",
+        _edit("values/conv1.bias", lambda t: t.double()),
+        "1-D float64 of 8 entries; expected 1-D float32 of 8",
+    ),
+    ("whole-nan", _edit("values/conv1.bias", _at(0, float("nan"))), "conv1.bias has non-finite"),
+    ("whole-missing", _drop("values/conv1.bias"), "values of 'conv1.bias' are missing"),
+    ("whole-with-indices", _add("indices/conv1.bias"), "'indices/conv1.bias' is not listed"),
 ]
 
 

@@ -195,6 +195,55 @@ def test_save_load(tmp_path, convnet: nn.Module) -> None:
         Mask.load(tmp_path / "missing.safetensors")
 
 
+def test_a_mask_of_full_tensors_is_stored_in_constant_size_per_tensor(tmp_path) -> None:
+    """Kept whole, a tensor costs its header entry only: the file does not grow with its size."""
+    sizes = []
+    for width in (10, 10_000):
+        shapes = {"a.weight": (width, 64), "a.bias": (width,), "b.weight": (3, width)}
+        mask = Mask.full(shapes)
+        mask.save(tmp_path / f"full{width}.safetensors")
+        sizes.append((tmp_path / f"full{width}.safetensors").stat().st_size)
+        assert Mask.load(tmp_path / f"full{width}.safetensors") == mask
+    # Only digits differ (shapes, counts, the header's offsets) and the header's padding.
+    assert sizes[1] - sizes[0] < 64, sizes
+    assert sizes[1] < 1_000
+
+
+def test_a_version_1_mask_file_still_loads(tmp_path, convnet: nn.Module) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    mask = build_mask(convnet, MaskSpec(method="random", density=0.25))
+    path = tmp_path / "v1.safetensors"
+    save_file(
+        {f"indices/{n}": idx.contiguous() for n, idx in mask.indices.items()},
+        str(path),
+        metadata={
+            "format": "fish-fl-mask/1",
+            "shapes": json.dumps([[n, list(s)] for n, s in mask.shapes.items()]),
+            "fingerprint": mask.fingerprint,
+            "k": str(mask.k),
+        },
+    )
+    assert Mask.load(path) == mask
+
+
+def test_a_corrupt_mask_file_is_refused(tmp_path, convnet: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    mask = build_mask(convnet, MaskSpec(method="random", density=0.25))
+    path = tmp_path / "mask.safetensors"
+    mask.save(path)
+    encoding = torch.from_numpy(np.frombuffer(bytearray(mask.to_bytes()[:-2]), np.uint8))
+    save_file({"encoding": encoding}, str(path), metadata={"format": "fish-fl-mask/2"})
+    with pytest.raises(ValueError, match="not a mask encoding"):
+        Mask.load(path)
+    save_file({"encoding": encoding}, str(path), metadata={"format": "other/1"})
+    with pytest.raises(ValueError, match="not a fish-fl mask file"):
+        Mask.load(path)
+
+
 def test_statistics(convnet: nn.Module) -> None:
     mask = build_mask(convnet, MaskSpec(method="random", density=0.25))
     stats = mask.parameter_stats()

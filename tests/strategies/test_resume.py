@@ -7,11 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from fish_fl import protocol as P
 from fish_fl.federation.server_optim import ServerOptimizer
+from fish_fl.masks import Mask
 from fish_fl.runlog import RunRecorder
 from strategies.fish_strategy import FishMaskStrategy
 from strategies.state import CHECKPOINT, read_checkpoint_round
@@ -294,8 +296,10 @@ def made_checkpoint(shared_data: Path, tmp_path_factory: pytest.TempPathFactory)
     run_dir = tmp_path_factory.mktemp("made")
     RunRecorder(run_dir, config, stream=None)  # config.json, for the command line
     make_strategy(config, None, run_dir / CHECKPOINT).start(InProcessGrid(2))
-    tensors, _ = _raw(run_dir / CHECKPOINT)
-    assert {"plan/current/union", "plan/base/union", "plan/prev/union"} <= tensors.keys()
+    tensors, meta = _raw(run_dir / CHECKPOINT)
+    # The base plan is the current one (stored once); the previous one is the dense warm-up's.
+    assert json.loads(meta["state"])["plans"] == {"current": 1, "base": "current", "prev": 1}
+    assert {"plan/current/union", "plan/prev/union"} <= tensors.keys()
     return run_dir / CHECKPOINT
 
 
@@ -353,28 +357,18 @@ def _add_junk(tensors: Tensors, meta: Meta) -> None:
     tensors["junk"] = torch.zeros(3)
 
 
-def _shift_position(t: torch.Tensor) -> torch.Tensor:
-    out = t.clone()
-    out[0] = out[1]  # slot 0's first entry now points at its second's place in the union
-    return out
+def _outside_union(tensors: Tensors, meta: Meta) -> None:
+    """Slot 0 keeps every entry: not within the current (sparse) union."""
+    union = Mask.from_bytes(tensors["plan/current/union"].numpy())
+    data = Mask.full(union.shapes).to_bytes()
+    tensors["plan/current/slot0"] = torch.from_numpy(np.frombuffer(bytearray(data), np.uint8))
 
 
-def _index_outside(t: torch.Tensor) -> torch.Tensor:
-    out = t.clone()
-    out[-1] = 10**9
-    return out
-
-
-def _index_twice(t: torch.Tensor) -> torch.Tensor:
-    out = t.clone()
-    out[1] = out[0]
-    return out
-
-
-def _position_outside(t: torch.Tensor) -> torch.Tensor:
-    out = t.clone()
-    out[-1] = 10**9
-    return out
+def _other_length(t: torch.Tensor) -> torch.Tensor:
+    """A position encoding over one entry fewer than the model has."""
+    n = Mask.from_bytes(t.numpy()).total - 1
+    data = Mask({"flat": torch.arange(3)}, {"flat": (n,)}).to_bytes()
+    return torch.from_numpy(np.frombuffer(bytearray(data), np.uint8))
 
 
 def _another_base_fingerprint(state: dict[str, Any]) -> None:
@@ -418,12 +412,12 @@ CORRUPTIONS = [
     ),
     ("elapsed-nan", _edit_state(lambda s: s.update(elapsed=float("nan"))), "'elapsed'", True),
     ("ledger", _edit_state(_bad_ledger_round), "ledger round 1 has a bad count", True),
-    ("no-values", _drop_tensor("values"), "tensor 'values' is missing", True),
-    ("no-model-index", _drop_tensor("model/index"), "tensor 'model/index' is missing", True),
+    ("no-values", _drop_tensor("values/at"), "tensor 'values/at' is missing", True),
+    ("no-model-at", _drop_tensor("model/at"), "tensor 'model/at' is missing", True),
     (
-        "index-float",
-        _set("model/index", lambda t: t.float()),
-        "'model/index' must be 1-D int64, got 1-D float32",
+        "model-at-float",
+        _set("model/at", lambda t: t.float()),
+        "'model/at' must be 1-D uint8, got 1-D float32",
         True,
     ),
     (
@@ -432,30 +426,56 @@ CORRUPTIONS = [
         "'model/value' must be 1-D float32, got 2-D float32",
         True,
     ),
-    ("value-short", _set("model/value", lambda t: t[:-1]), "model/index has", True),
-    ("index-outside", _set("model/index", _index_outside), "outside the model's", True),
-    ("index-twice", _set("model/index", _index_twice), "not strictly increasing", True),
+    ("value-short", _set("model/value", lambda t: t[:-1]), "model/value has", True),
     (
-        "position-outside",
-        _set("plan/current/pos0", _position_outside),
-        "plan/current/pos0 points outside the union's",
+        "model-at-cut",
+        _set("model/at", lambda t: t[:-3]),
+        "'model/at' is not a position encoding",
         True,
     ),
     (
-        "position-wrong",
-        _set("plan/current/pos0", _shift_position),
-        "does not point at slot 0's entries",
+        "model-at-length",
+        _set("model/at", _other_length),
+        "'model/at' does not cover the",
         True,
     ),
-    ("position-missing", _drop_tensor("plan/base/pos0"), "unmatched parts (pos0)", True),
     (
-        "union-not-a-mask",
+        "slot-outside",
+        _outside_union,
+        "plan/current/slot0 is not within the union",
+        True,
+    ),
+    ("slot-missing", _drop_tensor("plan/prev/slot0"), "unmatched parts (slot0)", True),
+    (
+        "union-corrupt",
         _set("plan/current/union", lambda t: t[:-3]),
         "'plan/current/union' is not a mask",
         True,
     ),
-    ("values-short", _set("values", lambda t: t[:-1]), "plan 'current' has", True),
-    ("unexpected-tensor", _add_junk, "unexpected tensor 'junk'", True),
+    (
+        "values-short",
+        _set("prev-values/value", lambda t: t[:-1]),
+        "prev-values/value has",
+        True,
+    ),
+    (
+        "plan-alias-later",
+        _edit_state(lambda s: s["plans"].update(base="prev")),
+        "plan 'base' repeats 'prev', not an earlier plan",
+        True,
+    ),
+    (
+        "plan-stored-twice",
+        _edit_state(lambda s: s["plans"].update(prev="current")),
+        "plan 'prev' is not stored but has tensors",
+        True,
+    ),
+    (
+        "reference-other",
+        _edit_state(lambda s: s["references"].update(values="base")),
+        "the reference of values must be one of",
+        True,
+    ),
     ("format-other", _set_meta("format", "something/1"), "not a fish-fl server checkpoint", True),
     # Checked against the model: the sizes, and the base the values imply.
     (
@@ -547,9 +567,12 @@ def _unsigned(path: Path) -> None:
     _write(path, *_raw(path), sign=False)
 
 
-def _old_format(path: Path) -> None:
-    tensors, meta = _raw(path)
-    _write(path, tensors, {**meta, "format": "fish-fl-server-state/1"}, sign=False)
+def _old_format(fmt: str) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        tensors, meta = _raw(path)
+        _write(path, tensors, {**meta, "format": fmt}, sign=False)
+
+    return damage
 
 
 @pytest.mark.parametrize(
@@ -570,9 +593,14 @@ def _old_format(path: Path) -> None:
         pytest.param(lambda p: p.write_bytes(b""), "not a readable safetensors file", id="empty"),
         pytest.param(_unsigned, "has no checksums", id="no-checksums"),
         pytest.param(
-            _old_format,
-            "format fish-fl-server-state/1, this version reads fish-fl-server-state/2 only",
-            id="old-format",
+            _old_format("fish-fl-server-state/1"),
+            "format fish-fl-server-state/1, this version reads fish-fl-server-state/3 only",
+            id="format-1",
+        ),
+        pytest.param(
+            _old_format("fish-fl-server-state/2"),
+            "format fish-fl-server-state/2, this version reads fish-fl-server-state/3 only",
+            id="format-2",
         ),
     ],
 )
