@@ -60,6 +60,9 @@ class SparseMethod:
 
     #: Run keys besides model, task, width and seed that change the model a node builds.
     model_keys: tuple[str, ...] = ()
+    #: Whether a training reply is the node's plain ``k``-vector update (``delta``), so
+    #: that client-level DP can clip and noise it (``dp-mode``).
+    plain_updates: bool = True
     #: Extra columns of the terminal's round table: (title, width).
     log_columns: tuple[tuple[str, int], ...] = ()
 
@@ -128,7 +131,7 @@ class SparseMethod:
         assert state.plan is not None
         updates = [r.update() for r in replies]
         return state.values + aggregate_updates(
-            updates, state.plan.union.k, self.config.aggregation
+            updates, state.plan.union.k, self.config.aggregation_config()
         )
 
     def round_info(self, state: ServerState, row: Mapping[str, Any]) -> dict[str, Any]:
