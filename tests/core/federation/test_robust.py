@@ -140,3 +140,50 @@ def test_weights_do_not_count() -> None:
             ClientUpdate(torch.tensor(r), pos, w) for r, w in zip(rows, weights, strict=True)
         ]
         assert aggregate_updates(updates, 2, "median").tolist() == [1.0, 1.0]
+
+
+def test_combine_train_skips_a_round_with_too_few_replies_for_krum() -> None:
+    """Enough nodes sampled, but only 4 valid replies: Krum with f=1 skips the round, saying why."""
+    from fish_fl.config import RunConfig
+    from fish_fl.federation.replies import Decoded, RoundStats, combine_train
+    from fish_fl.federation.state import ServerState
+    from fish_fl.federation.sync import Sent
+    from fish_fl.masks import MaskSpec, build_mask
+    from fish_fl.masks.assign import shared_plan
+    from fish_fl.methods import method_for
+    from tests.tiny_models import TinyConvNet
+
+    torch.manual_seed(0)
+    model = TinyConvNet()
+    state = ServerState.initial(model, seed=0, model_numel=1)
+    state.set_plan(shared_plan(build_mask(model, MaskSpec(method="random", density=0.2))))
+    k = state.plan.union.k  # type: ignore[union-attr]
+    sent = Sent(0, state.mask_version, 0, k, torch.arange(k), state.values)
+    config = RunConfig.from_mapping({"aggregation": "krum", "num-clients": 6, "min-replies": 5})
+
+    def run(n: int) -> tuple[RoundStats, torch.Tensor | None]:
+        decoded = [
+            Decoded(i, sent, torch.full((k,), 0.01 * (i + 1)), 10, {}, None, None, None)
+            for i in range(n)
+        ]
+        stats = RoundStats(replies=n)
+        values, _ = combine_train(
+            decoded,
+            stats,
+            state=state,
+            method=method_for(config),
+            cap=100.0,
+            max_update_norm=0.0,
+            norm_factor=0.0,
+            norm_policy="reject",
+            min_replies=1,
+        )
+        return stats, values
+
+    stats, values = run(4)
+    assert values is None and stats.skipped
+    assert stats.skip_reason == "krum with krum-f=1 needs n >= 2 krum-f + 3 = 5 replies, got 4"
+    stats, values = run(5)
+    assert values is not None
+    # Krum picks the middle update of 0.01, ..., 0.05 (its neighbours are nearest).
+    torch.testing.assert_close(values, state.values + 0.03)
