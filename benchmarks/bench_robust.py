@@ -68,7 +68,9 @@ def main() -> None:
             del updates
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=1))
+        args.out.write_text(
+            json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":
