@@ -4,7 +4,10 @@ Each update is a delta in its client's mask order plus that mask's positions
 in the server's ``k``-vector (all positions when every client shares one
 mask). ``sum`` adds the deltas, as the FISH Mask paper does for its two
 workers; ``mean`` averages them weighted by the clients' example counts,
-position by position over the clients that train it.
+position by position over the clients that train it. The robust rules
+(``median``, ``trimmed-mean``, ``krum``, ``multi-krum``, see
+:mod:`fish_fl.federation.robust`) count every reply once and need every
+update on the same positions (one shared mask).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .federation.robust import Aggregation, robust_aggregate
 
 __all__ = ["ClientUpdate", "aggregate_updates", "average_buffers"]
 
@@ -36,15 +41,20 @@ class ClientUpdate:
             raise ValueError(f"update weight must be positive, got {self.weight}")
 
 
-def aggregate_updates(updates: Sequence[ClientUpdate], k: int, mode: str = "mean") -> Tensor:
+def aggregate_updates(
+    updates: Sequence[ClientUpdate], k: int, mode: str | Aggregation = "mean"
+) -> Tensor:
     """The combined delta for the server's ``k``-vector.
 
-    Positions no client trained get 0.
+    ``mode`` is an :class:`~fish_fl.federation.robust.Aggregation` or its
+    name (with that rule's default settings). Positions no client trained get 0.
     """
-    if mode not in ("sum", "mean"):
-        raise ValueError(f"aggregation must be 'sum' or 'mean', got {mode!r}")
+    rule = mode if isinstance(mode, Aggregation) else Aggregation(mode)
     if not updates:
         raise ValueError("no update to aggregate")
+    if rule.robust:
+        return _robust(updates, k, rule)
+    mode = rule.name
     total = torch.zeros(k, dtype=torch.float64)
     weight = torch.zeros(k, dtype=torch.float64)
     for u in updates:
@@ -54,6 +64,18 @@ def aggregate_updates(updates: Sequence[ClientUpdate], k: int, mode: str = "mean
     if mode == "mean":
         total = torch.where(weight > 0, total / weight.clamp_min(1e-300), total)
     return total.float()
+
+
+def _robust(updates: Sequence[ClientUpdate], k: int, rule: Aggregation) -> Tensor:
+    positions = updates[0].positions
+    if any(not torch.equal(u.positions, positions) for u in updates[1:]):
+        raise ValueError(
+            f"aggregation={rule.name} needs every update on the same positions (a shared mask)"
+        )
+    combined = robust_aggregate(torch.stack([u.delta.float() for u in updates]), rule)
+    out = torch.zeros(k, dtype=torch.float32)
+    out[positions] = combined
+    return out
 
 
 def average_buffers(buffers: Sequence[Tensor], weights: Sequence[float]) -> Tensor:

@@ -32,8 +32,9 @@ from torch import nn
 
 from fish_fl import protocol as P
 from fish_fl.codec import UpdateCodec
-from fish_fl.config import RunConfig
+from fish_fl.config import ConfigError, RunConfig
 from fish_fl.federation import replies as R
+from fish_fl.federation.privacy import Privacy
 from fish_fl.federation.schedule import Transition, compute_plan, transition
 from fish_fl.federation.server_optim import ServerOptimizer
 from fish_fl.federation.state import ServerState
@@ -115,6 +116,13 @@ class FishMaskStrategy(Strategy):
         self.config = config
         self.method = method_for(config)
         self.server_optimizer = ServerOptimizer(config.server_optimizer_config())
+        privacy = config.privacy_config()
+        self.privacy = Privacy(privacy) if privacy.enabled else None
+        if self.privacy is not None and P.flat_buffers(model).numel():
+            raise ConfigError(
+                f"dp-mode={config.dp_mode}: this model has BatchNorm buffers, which clients "
+                "would send without noise; use a model without buffers"
+            )
         self.calibration = calibration
         self.evaluate_fn = evaluate_fn
         self.primary_metric = primary_metric
@@ -170,6 +178,18 @@ class FishMaskStrategy(Strategy):
             self.config.num_clients,
             self.config.aggregation,
         )
+        if self.privacy is not None:
+            dp = self.privacy.config
+            logger.info(
+                "differential privacy: %s, clip %g%s, noise multiplier %.4g, q = %.4g, delta %g%s",
+                dp.mode,
+                dp.clip,
+                " (adaptive)" if dp.adaptive else "",
+                dp.noise_multiplier_total,
+                dp.sample_rate,
+                dp.delta,
+                f", target epsilon {dp.target_epsilon:g}" if dp.target_epsilon > 0 else "",
+            )
 
     # ------------------------------------------------------------------ masks
     def _set_plan(self, plan: Any, label: str) -> None:
@@ -343,6 +363,7 @@ class FishMaskStrategy(Strategy):
             norm_policy=self.config.norm_policy,
             min_replies=self.config.min_replies,
             server_optimizer=self.server_optimizer,
+            privacy=self.privacy,
         )
         for reason in stats.reasons[checked_reasons:]:
             logger.warning("round %d: rejected the reply of %s", server_round, reason)
@@ -484,7 +505,19 @@ class FishMaskStrategy(Strategy):
             },
         )
         row.update(extra)
+        if self.privacy is not None:
+            row["epsilon"] = self.privacy.epsilon(state.extra)
+            row["dp_delta"] = self.privacy.config.delta
+            if stats.dp is not None:
+                row["dp_clip"] = stats.dp.clip
+                row["dp_noise_std"] = stats.dp.noise_std
         return row
+
+    def _privacy_spent(self, rnd: int) -> bool:
+        """Whether one more round would take epsilon above ``dp-target-epsilon``."""
+        if self.privacy is None or rnd >= self.config.rounds:
+            return False
+        return self.privacy.target_reached(self.state.extra)
 
     def _budget_reached(self, rnd: int) -> bool:
         s = self.state.ledger.summary(rnd)
@@ -539,11 +572,17 @@ class FishMaskStrategy(Strategy):
                 )
                 if fed is not None:
                     result.evaluate_metrics_clientapp[rnd] = fed
-            stop = self._budget_reached(rnd)
+            spent = self._privacy_spent(rnd)
+            stop = self._budget_reached(rnd) or spent
             ev = self._evaluate(rnd, force=stop)
             if ev is not None:
                 result.evaluate_metrics_serverapp[rnd] = MetricRecord(dict[str, Any](ev))
-            self._log(self._row(rnd, ev, fed, time.monotonic() - t0))
+            row = self._row(rnd, ev, fed, time.monotonic() - t0)
+            self._log(row)
+            if self.privacy is not None:
+                logger.info(
+                    "round %d: epsilon %.4g at delta %g", rnd, row["epsilon"], row["dp_delta"]
+                )
             # 5. Checkpoint; then stop at the budget or after too many failed rounds.
             self.state.skipped_in_a_row = (
                 self.state.skipped_in_a_row + 1 if self._stats.skipped else 0
@@ -555,7 +594,11 @@ class FishMaskStrategy(Strategy):
                     self.state, self.checkpoint, rnd, time.monotonic() - self._start_time
                 )
             if stop:
-                logger.info("communication budget reached after round %d; stopping", rnd)
+                logger.info(
+                    "%s reached after round %d; stopping",
+                    "privacy budget (dp-target-epsilon)" if spent else "communication budget",
+                    rnd,
+                )
                 break
             limit = self.config.max_skipped_rounds
             if limit and self.state.skipped_in_a_row >= limit:

@@ -100,7 +100,9 @@ def _run_server(grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool) -
         done = strategy.resume(checkpoint)
         t0 -= strategy.elapsed_at_resume
         if strategy.stopped_by_budget:
-            raise ValueError(f"cannot resume {run_dir}: it stopped at its communication budget")
+            raise ValueError(
+                f"cannot resume {run_dir}: it stopped at its communication or privacy budget"
+            )
         if done >= config.rounds:
             raise ValueError(
                 f"cannot resume {run_dir}: all {config.rounds} rounds are done "

@@ -26,12 +26,21 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from ..federation.privacy import PrivacyConfig
+from ..federation.robust import Aggregation
 from ..federation.server_optim import ServerOptimizerConfig
 from ..masks import MaskSpec, available_builders, available_scorers
 from ..methods.keys import MethodKeys
 from ..training import OptimizerConfig
 from .keys import SHAPES
-from .sections import FederationKeys, MachineKeys, MaskKeys, OptimizerKeys, TaskKeys
+from .sections import (
+    FederationKeys,
+    MachineKeys,
+    MaskKeys,
+    OptimizerKeys,
+    PrivacyKeys,
+    TaskKeys,
+)
 
 __all__ = [
     "DATA_KEYS",
@@ -43,6 +52,7 @@ __all__ = [
     "MaskKeys",
     "MethodKeys",
     "OptimizerKeys",
+    "PrivacyKeys",
     "RunConfig",
     "TaskKeys",
     "keys_that_shape",
@@ -58,7 +68,9 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class RunConfig(MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, FederationKeys, TaskKeys):
+class RunConfig(
+    MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, PrivacyKeys, FederationKeys, TaskKeys
+):
     """Everything one federated run needs. Keys are kebab-case outside Python.
 
     Composed of the sections in :mod:`fish_fl.config.sections` (task,
@@ -126,11 +138,89 @@ class RunConfig(MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, FederationKeys
         self.mask_spec()  # the mask options themselves
         self.optimizer_config()
         self.server_optimizer_config()
+        self._check_aggregation()
+        self._check_privacy()
         if self.server_optimizer == "none" and self.server_lr > 0:
             raise ConfigError(
                 f"server-lr={self.server_lr} has no effect with server-optimizer=none; "
                 "choose avgm, adam or yogi (avgm with server-momentum=0 scales the plain step)"
             )
+
+    def _check_aggregation(self) -> None:
+        rule = self.aggregation_config()
+        if not rule.robust:
+            return
+        if self.mask_assignment == "disjoint":
+            raise ConfigError(
+                f"aggregation={self.aggregation} compares replies coordinate by coordinate; "
+                "it needs mask-assignment=shared"
+            )
+        if rule.check_replies(self.sampled_clients) is not None:
+            raise ConfigError(
+                f"aggregation={self.aggregation} needs at least {rule.min_replies()} replies a "
+                f"round ({rule.check_replies(self.sampled_clients)}); raise clients-per-round "
+                "or num-clients, or lower krum-f / multi-krum-m"
+            )
+        if self.min_replies < rule.min_replies():
+            raise ConfigError(
+                f"aggregation={self.aggregation} needs min-replies >= {rule.min_replies()}, "
+                f"got {self.min_replies}"
+            )
+
+    def _check_privacy(self) -> None:
+        dp = self.privacy_config()
+        if not dp.enabled:
+            return
+        from ..methods import method_class
+
+        if self.mask_source == "clients":
+            raise ConfigError(
+                f"dp-mode={self.dp_mode} with mask-source=clients: the clients' Fisher scores "
+                "are not privatised; use mask-source=server (a mask from server-held data "
+                "costs no privacy)"
+            )
+        if self.aggregation not in ("sum", "mean"):
+            raise ConfigError(
+                f"dp-mode={self.dp_mode} adds noise to a sum of clipped updates; it needs "
+                f"aggregation sum or mean, got {self.aggregation!r}"
+            )
+        if self.mask_assignment != "shared":
+            raise ConfigError(f"dp-mode={self.dp_mode} needs mask-assignment=shared")
+        if not method_class(self.mask_method).plain_updates:
+            raise ConfigError(
+                f"dp-mode={self.dp_mode} needs a method whose reply is the k-vector update; "
+                f"mask-method={self.mask_method!r} sends something else"
+            )
+
+    def aggregation_config(self) -> Aggregation:
+        try:
+            return Aggregation(
+                name=self.aggregation,
+                trim_beta=self.trim_beta,
+                krum_f=self.krum_f,
+                multi_krum_m=self.multi_krum_m,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def privacy_config(self) -> PrivacyConfig:
+        try:
+            return PrivacyConfig(
+                mode=self.dp_mode,
+                clip=self.dp_clip,
+                noise_multiplier=self.dp_noise_multiplier,
+                delta=self.dp_delta,
+                target_epsilon=self.dp_target_epsilon,
+                clip_quantile=self.dp_clip_quantile,
+                clip_lr=self.dp_clip_lr,
+                clip_count_noise=self.dp_clip_count_noise,
+                accountant=self.dp_accountant,
+                clients_per_round=self.sampled_clients,
+                num_clients=self.num_clients,
+                rounds=self.rounds,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def round_lr(self, rnd: int) -> float:
         """The learning rate of round ``rnd`` (1-based) under ``lr-schedule``."""
@@ -264,6 +354,7 @@ class RunConfig(MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, FederationKeys
 SECTIONS: tuple[type, ...] = (
     TaskKeys,
     FederationKeys,
+    PrivacyKeys,
     MaskKeys,
     OptimizerKeys,
     MachineKeys,

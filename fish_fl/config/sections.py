@@ -17,12 +17,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..federation.privacy import DP_ACCOUNTANTS, DP_MODES
+from ..federation.robust import AGGREGATIONS
 from ..federation.server_optim import SERVER_OPTIMIZERS
 from ..masks.layers import LAYERS_PRESETS
 from .keys import PARTITION_SCHEMES
 from .keys import meta as _meta
 
-__all__ = ["FederationKeys", "MachineKeys", "MaskKeys", "OptimizerKeys", "TaskKeys"]
+__all__ = [
+    "FederationKeys",
+    "MachineKeys",
+    "MaskKeys",
+    "OptimizerKeys",
+    "PrivacyKeys",
+    "TaskKeys",
+]
 
 
 @dataclass(frozen=True)
@@ -215,7 +224,29 @@ class FederationKeys:
         default=128, metadata=_meta(shapes=("data",), help="evaluation batch size", min=1)
     )
     aggregation: str = field(
-        default="mean", metadata=_meta("combine client updates", choices=("sum", "mean"))
+        default="mean",
+        metadata=_meta(
+            "combine client updates: sum, mean (example-weighted), or the robust median "
+            "(coordinate-wise), trimmed-mean, krum, multi-krum (one vote per reply)",
+            choices=AGGREGATIONS,
+        ),
+    )
+    trim_beta: float = field(
+        default=0.1,
+        metadata=_meta(
+            "trimmed-mean: fraction of values cut from each end of every coordinate, in [0, 0.5)",
+            min=0.0,
+        ),
+    )
+    krum_f: int = field(
+        default=1,
+        metadata=_meta(
+            "krum, multi-krum: hostile replies tolerated (needs 2 krum-f + 3 replies)", min=0
+        ),
+    )
+    multi_krum_m: int = field(
+        default=0,
+        metadata=_meta("multi-krum: updates averaged (0: replies - krum-f)", min=0),
     )
     persist_optimizer: bool = field(
         default=True, metadata=_meta("clients keep optimiser state across rounds")
@@ -303,6 +334,62 @@ class FederationKeys:
     server_tau: float = field(
         default=1e-3,
         metadata=_meta("adam, yogi: adaptivity (added to the root of the second moment)", gt=0.0),
+    )
+
+
+@dataclass(frozen=True)
+class PrivacyKeys:
+    """Client-level differential privacy (DP-FedAvg) on the k-vector."""
+
+    dp_mode: str = field(
+        default="off",
+        metadata=_meta(
+            "client-level DP: off, central (the server clips and adds noise) or local (each "
+            "client clips and adds its share of the noise)",
+            choices=DP_MODES,
+        ),
+    )
+    dp_clip: float = field(
+        default=1.0,
+        metadata=_meta("bound C on a reply's update norm (the initial one if adaptive)", gt=0.0),
+    )
+    dp_noise_multiplier: float = field(
+        default=0.0,
+        metadata=_meta(
+            "noise std on the sum is this times C (0: solved from dp-target-epsilon)", min=0.0
+        ),
+    )
+    dp_delta: float = field(
+        default=1e-5, metadata=_meta("delta of the reported (epsilon, delta)", gt=0.0, max=0.5)
+    )
+    dp_target_epsilon: float = field(
+        default=0.0,
+        metadata=_meta(
+            "stop before a round would spend more epsilon than this (0: no target)", min=0.0
+        ),
+    )
+    dp_clip_quantile: float = field(
+        default=0.0,
+        metadata=_meta(
+            "adaptive clipping: target fraction of unclipped replies (0: fixed dp-clip; "
+            "central only)",
+            min=0.0,
+        ),
+    )
+    dp_clip_lr: float = field(
+        default=0.2, metadata=_meta("adaptive clipping: geometric step size", gt=0.0)
+    )
+    dp_clip_count_noise: float = field(
+        default=0.0,
+        metadata=_meta(
+            "adaptive clipping: noise std on the count of unclipped replies (0: clients per "
+            "round / 20)",
+            min=0.0,
+        ),
+    )
+    dp_accountant: str = field(
+        default="rdp",
+        metadata=_meta("Opacus privacy accountant: rdp or prv", choices=DP_ACCOUNTANTS),
     )
 
 

@@ -7,7 +7,8 @@ array decoded safely against the dtype and length the server expects
 (:func:`~fish_fl.federation.wire.decode_array`). :func:`combine_train` then
 looks at the round as a whole: it caps each reply's weight, bounds update
 and buffer norms (:mod:`fish_fl.federation.guard`), combines what is left
-through the method's wire, steps the server optimiser with the result
+through the method's wire (or, with ``dp-mode`` on, clips, sums and noises
+it: :mod:`fish_fl.federation.privacy`), steps the server optimiser with the result
 (:mod:`fish_fl.federation.server_optim`), and refuses a result that is not finite. No
 exception escapes either step for any reply: a reply that breaks a check is
 rejected with a reason naming the node, and the round goes on.
@@ -29,6 +30,7 @@ from ..aggregate import average_buffers
 from ..codec import UpdateCodec
 from ..methods import SparseMethod, TrainReply
 from .guard import cap_weight, lower_median, norm_bound
+from .privacy import DPRound, Privacy
 from .server_optim import ServerOptimizer
 from .state import ServerState
 from .sync import Sent
@@ -79,6 +81,7 @@ class RoundStats:
     bytes_received: int = 0  # as the accepted nodes measured their messages
     train_bytes_up: int = 0
     train_messages_up: int = 0
+    dp: DPRound | None = None  # what differential privacy did this round
 
     def reject(self, node_id: int, reason: str) -> None:
         self.rejected += 1
@@ -187,15 +190,22 @@ def combine_train(
     norm_policy: str,
     min_replies: int,
     server_optimizer: ServerOptimizer | None = None,
+    privacy: Privacy | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Bound and combine a round's decoded replies: the new ``k``-vector and buffers.
 
     Returns ``(None, None)`` when the round is skipped (``stats.skipped`` and
     ``stats.skip_reason`` say why); ``state`` is not changed here except
     for its norm references and, in a round that is not skipped, the server
-    optimiser's state.
+    optimiser's state. With ``privacy``, its state (the accountant's
+    history, the clip norm) is written as soon as noise has been drawn, even
+    if the result is then refused: the privacy is spent either way.
     """
-    # 1. Norm bounds, from this round's norms and the last accepted round's.
+    # 1. Norm bounds, from this round's norms and the last accepted round's. Under
+    # central DP the adaptive bound is off: it would let one client's update decide
+    # whether another's is counted; the clip to dp-clip bounds every reply instead.
+    if privacy is not None and privacy.config.mode == "central":
+        norm_factor = 0.0
     norms = [_norm(d.delta) for d in decoded]
     bound = norm_bound(
         norms, state.norm_reference, fixed=max_update_norm, factor=norm_factor, policy=norm_policy
@@ -248,7 +258,28 @@ def combine_train(
         stats.skipped = True
         stats.skip_reason = f"{len(replies)} valid replies, fewer than min-replies={min_replies}"
         return None, None
-    values = method.combine(state, replies)
+    rule = method.config.aggregation_config()
+    too_few = rule.check_replies(len(replies))
+    if too_few is not None:
+        stats.skipped = True
+        stats.skip_reason = too_few
+        return None, None
+    if privacy is not None:
+        assert state.plan is not None
+        generator = torch.Generator().manual_seed(state.rng.getrandbits(63))
+        delta, dp_state, stats.dp = privacy.combine(
+            [r.delta for r in replies],
+            [r.positions for r in replies],
+            state.plan.union.k,
+            state.extra,
+            generator,
+            mean=rule.name == "mean",
+        )
+        state.extra.update(dp_state)
+        stats.clipped += stats.dp.clipped
+        values = state.values + delta
+    else:
+        values = method.combine(state, replies)
     optimizer_state: dict[str, Tensor] = {}
     if server_optimizer is not None and torch.isfinite(values).all():
         values, optimizer_state = server_optimizer.step(

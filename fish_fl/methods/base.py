@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .. import protocol as P
 from ..aggregate import ClientUpdate, aggregate_updates
 from ..codec import UpdateCodec
+from ..federation.privacy import local_privatise
 from ..federation.wire import ArrayView
 from ..ledger import paper_message_bytes
 from ..masks import Mask
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from ..federation.sync import Sent
 
 __all__ = ["SparseMethod", "TrainReply"]
+
+# Keeps the local DP noise apart from the training's own draws of the same seed.
+_LOCAL_NOISE_SALT = 0x5EED_D1FF
 
 
 @dataclass
@@ -60,6 +64,9 @@ class SparseMethod:
 
     #: Run keys besides model, task, width and seed that change the model a node builds.
     model_keys: tuple[str, ...] = ()
+    #: Whether a training reply is the node's plain ``k``-vector update (``delta``), so
+    #: that client-level DP can clip and noise it (``dp-mode``).
+    plain_updates: bool = True
     #: Extra columns of the terminal's round table: (title, width).
     log_columns: tuple[tuple[str, int], ...] = ()
 
@@ -128,7 +135,7 @@ class SparseMethod:
         assert state.plan is not None
         updates = [r.update() for r in replies]
         return state.values + aggregate_updates(
-            updates, state.plan.union.k, self.config.aggregation
+            updates, state.plan.union.k, self.config.aggregation_config()
         )
 
     def round_info(self, state: ServerState, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,5 +181,14 @@ class SparseMethod:
         seed: int,
         codec: UpdateCodec,
     ) -> dict[str, np.ndarray]:
-        """The arrays of the training reply (besides ``buffers``)."""
-        return {P.UPDATE: codec.encode(trained - received)}
+        """The arrays of the training reply (besides ``buffers``).
+
+        Under ``dp-mode=local`` the update is clipped and noised here, before
+        it is encoded, from a generator seeded by the round's ``seed``.
+        """
+        delta = trained - received
+        privacy = self.config.privacy_config()
+        if privacy.mode == "local":
+            generator = torch.Generator().manual_seed(seed ^ _LOCAL_NOISE_SALT)
+            delta = local_privatise(delta, privacy, generator)
+        return {P.UPDATE: codec.encode(delta)}

@@ -121,6 +121,8 @@ class SupermaskMethod(SparseMethod):
         "lr",
         "weight-decay",
     )
+    # A reply carries scores or mask bits beside the head's update: not for dp-mode.
+    plain_updates = False
     # The share of masked weights the most likely mask drops.
     log_columns = (("dropped", 8),)
 
@@ -271,7 +273,9 @@ class SupermaskMethod(SparseMethod):
         updates = [
             dataclasses.replace(r, positions=layout.head_positions).update() for r in replies
         ]
-        head = aggregate_updates(updates, layout.k, self.config.aggregation)[layout.head_positions]
+        head = aggregate_updates(updates, layout.k, self.config.aggregation_config())[
+            layout.head_positions
+        ]
         packed = [r.extra[SAMPLED_MASK] for r in replies]
         weights = [r.weight for r in replies]
         assert isinstance(state.model, SupermaskModel)

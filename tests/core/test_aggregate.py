@@ -171,7 +171,7 @@ def test_no_update_is_rejected() -> None:
         aggregate_updates([], 5, "mean")
 
 
-@pytest.mark.parametrize("mode", ["median", "MEAN", ""])
+@pytest.mark.parametrize("mode", ["geometric-median", "MEAN", ""])
 def test_unknown_mode_is_rejected(mode: str) -> None:
     with pytest.raises(ValueError, match="aggregation"):
         aggregate_updates([_update([0], [1.0], 1.0)], 1, mode)

@@ -151,7 +151,7 @@ def test_out_of_range(values: dict[str, Any], expected: str) -> None:
     ("key", "value"),
     [
         ("partition", "stratified"),
-        ("aggregation", "median"),
+        ("aggregation", "geometric-median"),
         ("update-dtype", "int8"),
         ("optimizer", "lamb"),
         ("fisher-kind", "exact"),
@@ -430,3 +430,78 @@ def test_cache_keys_follow_exactly_the_keys_that_shape(kind: str) -> None:
     # A method's extra keys are part of the hash too.
     lr = RunConfig.from_mapping({"lr": 0.01}, base=base)
     assert lr.shape_key(kind, extra=("lr",)) != base.shape_key(kind, extra=("lr",))
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"aggregation": "krum", "num-clients": 4},
+            "aggregation=krum needs at least 5 replies a round (krum with krum-f=1 needs "
+            "n >= 2 krum-f + 3 = 5 replies, got 4); raise clients-per-round or num-clients, "
+            "or lower krum-f / multi-krum-m",
+        ),
+        (
+            {"aggregation": "multi-krum", "num-clients": 10, "krum-f": 1, "multi-krum-m": 11},
+            "aggregation=multi-krum needs at least 11 replies a round (multi-krum with "
+            "krum-f=1 needs n >= multi-krum-m = 11 replies, got 10); raise clients-per-round "
+            "or num-clients, or lower krum-f / multi-krum-m",
+        ),
+        (
+            {"aggregation": "krum", "num-clients": 5},
+            "aggregation=krum needs min-replies >= 5, got 1",
+        ),
+        (
+            {"aggregation": "trimmed-mean", "trim-beta": 0.5},
+            "trim-beta=0.5 must be in [0, 0.5)",
+        ),
+        (
+            {"aggregation": "median", "mask-assignment": "disjoint", "num-clients": 4},
+            "aggregation=median compares replies coordinate by coordinate; it needs "
+            "mask-assignment=shared",
+        ),
+        (
+            {"dp-mode": "central"},
+            "dp-mode=central needs dp-noise-multiplier > 0 or dp-target-epsilon > 0 (to solve "
+            "the noise multiplier for)",
+        ),
+        (
+            {"dp-mode": "central", "dp-noise-multiplier": 1.0, "mask-source": "clients"},
+            "dp-mode=central with mask-source=clients: the clients' Fisher scores are not "
+            "privatised; use mask-source=server (a mask from server-held data costs no privacy)",
+        ),
+        (
+            {"dp-mode": "central", "dp-noise-multiplier": 1.0, "aggregation": "median"},
+            "dp-mode=central adds noise to a sum of clipped updates; it needs aggregation sum "
+            "or mean, got 'median'",
+        ),
+        (
+            {"dp-mode": "local", "dp-noise-multiplier": 1.0, "dp-clip-quantile": 0.5},
+            "dp-clip-quantile (adaptive clipping) needs dp-mode=central: in local mode each "
+            "client clips to a fixed dp-clip before the server sees anything",
+        ),
+        (
+            {"dp-mode": "central", "dp-noise-multiplier": 0.5, "dp-target-epsilon": 0.01},
+            "one round at dp-noise-multiplier=0.5 already spends epsilon=",
+        ),
+        (
+            {"dp-mode": "central", "dp-noise-multiplier": 1.0, "mask-method": "supermask"},
+            "dp-mode=central needs a method whose reply is the k-vector update; "
+            "mask-method='supermask' sends something else",
+        ),
+    ],
+)
+def test_robust_and_dp_combinations(values: dict[str, Any], expected: str) -> None:
+    message = _error(values)
+    assert message.startswith(expected), message
+
+
+def test_robust_and_dp_configs_pass_through() -> None:
+    config = RunConfig(
+        aggregation="multi-krum", num_clients=7, min_replies=5, krum_f=1, multi_krum_m=4
+    )
+    assert config.aggregation_config().multi_krum_m == 4
+    dp = RunConfig(dp_mode="central", dp_target_epsilon=8.0, num_clients=10, clients_per_round=5)
+    privacy = dp.privacy_config()
+    assert (privacy.sample_rate, privacy.rounds) == (0.5, 10)
+    assert privacy.noise_multiplier_total > 0
