@@ -181,8 +181,8 @@ def _check_mask(config: RunConfig) -> None:
 
     if not has_mask_check(config.mask_method):
         return
-    names = [n for n, _ in _skeleton(config).named_parameters()]
     try:
+        names = [n for n, _ in _skeleton(config).named_parameters()]
         check_mask_spec(names, config.mask_spec())
     except ValueError as e:
         raise PreflightError(f"mask-method={config.mask_method}: {e}") from None
