@@ -162,3 +162,18 @@ def test_adapter_folder_loads_in_peft_with_the_same_logits(tmp_path: Path) -> No
         merged = method.deployable(loaded)(**batch).logits
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     torch.testing.assert_close(merged, want, rtol=1e-5, atol=1e-5)
+
+
+def test_preflight_refuses_targets_that_match_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fish_fl.preflight import PreflightError, preflight
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = RunConfig.from_mapping(
+        {"mask-method": "lora", "lora-targets": ["qkv"], "data-source": "embedded"}
+    )
+    with pytest.raises(PreflightError) as info:
+        preflight(config, simulation=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("mask-method=lora: lora-targets=['qkv'] matches no module")
+    assert "query" in message
