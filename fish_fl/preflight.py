@@ -22,7 +22,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,7 +34,17 @@ from .data.hub import hub_offline
 from .device import resolve_device
 from .tasks.glue import SAMPLE_ROWS
 
-__all__ = ["SAMPLE_ROWS", "PreflightError", "check_resources", "preflight"]
+if TYPE_CHECKING:
+    from .methods import SparseMethod
+
+__all__ = [
+    "SAMPLE_ROWS",
+    "Footprint",
+    "PreflightError",
+    "check_resources",
+    "footprint",
+    "preflight",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -181,14 +193,14 @@ def _check_mask(config: RunConfig) -> None:
 
     if not has_mask_check(config.mask_method):
         return
-    names = [n for n, _ in _skeleton(config).named_parameters()]
     try:
+        names = [n for n, _ in _skeleton(config).named_parameters()]
         check_mask_spec(names, config.mask_spec())
     except ValueError as e:
         raise PreflightError(f"mask-method={config.mask_method}: {e}") from None
 
 
-def _skeleton(config: RunConfig) -> nn.Module:
+def _skeleton(config: RunConfig, method: SparseMethod | None = None) -> nn.Module:
     """The run's model with its parameters on the ``meta`` device: names and shapes, no data."""
     from .methods import method_for
     from .models import (
@@ -220,4 +232,63 @@ def _skeleton(config: RunConfig) -> nn.Module:
             )
             auto = AutoModelForImageClassification if vision else AutoModelForSequenceClassification
             model = auto.from_config(hf_config)
-        return method_for(config).wrap_model(model, vision=vision)
+        return (method or method_for(config)).wrap_model(model, vision=vision)
+
+
+# --------------------------------------------------------------------------- footprint
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a run trains and sends, from a ``meta`` skeleton (no weights, no data).
+
+    ``bytes_down`` and ``bytes_up`` are one client's values in one round
+    (float32 values down, the run's ``update-dtype`` up), without message
+    headers, masks or BatchNorm buffers.
+    """
+
+    k: int
+    total: int
+    bytes_down: int
+    bytes_up: int
+    clients: int
+    method_line: str = ""
+
+    def lines(self) -> list[str]:
+        per_round = self.clients * (self.bytes_down + self.bytes_up)
+        out = [
+            f"trains {self.k:,} of {self.total:,} entries ({self.k / self.total:.3%}); about "
+            f"{per_round:,} bytes per round ({self.clients} clients x ({self.bytes_down:,} down "
+            f"+ {self.bytes_up:,} up))"
+        ]
+        return out + ([self.method_line] if self.method_line else [])
+
+
+def footprint(config: RunConfig) -> Footprint | None:
+    """The run's trained entries and bytes per round; None when they cannot be told cheaply.
+
+    A share of the model (``fish``, ``random``, ``magnitude``) is ``k =
+    round(density x total)``; a mask of whole tensors is built on the
+    skeleton, which needs only names and shapes.
+    """
+    from .masks import build_mask
+    from .masks.registry import budget
+    from .methods import method_for, trains
+
+    method = method_for(config)
+    try:
+        skeleton = _skeleton(config, method)
+        total = method.model_numel(skeleton)
+        kind = trains(config.mask_method)
+        if kind == "share":
+            k = budget(sum(p.numel() for p in skeleton.parameters()), config.density)
+        elif kind == "all":
+            k = sum(p.numel() for p in skeleton.parameters())
+        else:
+            k = build_mask(skeleton, config.mask_spec()).k
+        line = method.describe(skeleton)
+    except Exception as e:  # the footprint is a report; never stop a run over it
+        logger.debug("no footprint for %s: %s", config.mask_method, e)
+        return None
+    up = {"float32": 4, "float16": 2, "bfloat16": 2}[config.update_dtype]
+    return Footprint(k, total, 4 * k, up * k, config.sampled_clients, line)

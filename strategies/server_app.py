@@ -26,7 +26,7 @@ from fish_fl.config import RunConfig
 from fish_fl.fileio import write_json_atomic
 from fish_fl.models import resolve_device
 from fish_fl.runlog import RunRecorder
-from fish_fl.task import build_base_model, build_task_model, evaluate_model, load_task_data
+from fish_fl.task import build_task_model, evaluate_model, load_task_data
 
 from .abort import AbortableGrid, AbortSignal
 from .fish_strategy import FishMaskStrategy, RunFailed
@@ -120,7 +120,7 @@ def _run_server(grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool) -
         raise
     # The trained model as a sparse delta from the base every node started from.
     trained, extra = strategy.method.finish(model, (eval_loader, data.metric_task, device), run_dir)
-    base = build_base_model(config)
+    base = strategy.method.export_base()
     info = save_sparse_delta(
         trained.cpu(),
         base,

@@ -76,4 +76,6 @@ def trains(name: str) -> str:
 
 def _load() -> None:
     # Methods with their own wire register on import.
+    from ..ia3 import method as _ia3  # noqa: F401
+    from ..lora import method as _lora  # noqa: F401
     from ..supermask import method  # noqa: F401

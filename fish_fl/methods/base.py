@@ -102,6 +102,25 @@ class SparseMethod:
         """Parameters of the model a user deploys (full-model equivalents count against it)."""
         return sum(p.numel() for p in model.parameters())
 
+    def describe(self, model: nn.Module) -> str:
+        """One line on what the wrapped ``model`` trains, for a run's opening lines ("" for none)."""
+        return ""
+
+    # -- export -------------------------------------------------------------------
+    def export_base(self) -> nn.Module:
+        """The model a delta of this run applies to (the unwrapped base by default)."""
+        from ..task import build_base_model
+
+        return build_base_model(self.config)
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        """The full model a user deploys, from :meth:`export_base` with the delta applied."""
+        return model
+
+    def export_files(self, trained: nn.Module, folder: Path) -> list[Path]:
+        """Files ``fish-fl export`` writes into ``folder`` besides the delta (none by default)."""
+        return []
+
     # -- server: what goes down ---------------------------------------------------
     def value_arrays(self, values: Tensor, state: ServerState) -> dict[str, np.ndarray]:
         """The arrays that carry a node's current masked ``values``."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ia3.keys import IA3Keys
+from ..lora.keys import LoraKeys
 from ..supermask.keys import SupermaskKeys
 
 __all__ = ["MethodKeys"]
 
 
 @dataclass(frozen=True)
-class MethodKeys(SupermaskKeys):
+class MethodKeys(IA3Keys, LoraKeys, SupermaskKeys):
     """Every method's own keys."""

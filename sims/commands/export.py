@@ -31,9 +31,10 @@ def _config_of(delta: Path) -> RunConfig:
 
 
 def _base_model(config: RunConfig, base: str | None = None) -> nn.Module:
-    from fish_fl.task import build_base_model
+    """What the run's delta applies to: the base, or the base as the run's method wraps it."""
+    from fish_fl.methods import method_for
 
-    return build_base_model(config if base is None else config.replace(model=base))
+    return method_for(config if base is None else config.replace(model=base)).export_base()
 
 
 def export_command(
@@ -41,7 +42,12 @@ def export_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Delta file to write.")] = None,
     index_dtype: Annotated[str, typer.Option(help="int32 (smaller) or int64 indices.")] = "int32",
 ) -> None:
-    """Write a run's trained model as a base-relative sparse delta and report its size."""
+    """Write a run's trained model as a base-relative sparse delta and report its size.
+
+    For an adapter method (``lora``, ``ia3``) also a PEFT adapter folder,
+    ``adapter/``, next to the delta, which ``peft.PeftModel.from_pretrained``
+    loads onto the base.
+    """
     from fish_fl.checkpoint import apply_sparse_delta, save_sparse_delta
 
     source = run_dir / "delta.safetensors"
@@ -58,11 +64,17 @@ def export_command(
         metadata={"run-config": config.to_json()},
         index_dtype=index_dtype,
     )
+    # A method may add its own files (an adapter method: a PEFT adapter folder).
+    from fish_fl.methods import method_for
+
+    extra = [str(p) for p in method_for(config).export_files(trained, target.parent)]
     typer.echo(
         f"{target}: {info.changed:,} of {info.total:,} entries ({info.density:.3%}) in "
         f"{info.file_bytes:,} bytes = {info.size_ratio:.2%} of a float32 checkpoint "
         f"({info.full_bytes:,} bytes)"
     )
+    for path in extra:
+        typer.echo(f"{path}: loads with peft.PeftModel.from_pretrained onto the base")
     typer.echo(
         json.dumps(
             {
@@ -70,6 +82,7 @@ def export_command(
                 "changed": info.changed,
                 "file_bytes": info.file_bytes,
                 "full_bytes": info.full_bytes,
+                "files": extra,
             }
         )
     )
@@ -85,6 +98,9 @@ def apply_command(
 ) -> None:
     """Rebuild the full fine-tuned model from a delta and its base; refuse a wrong base or a bad delta.
 
+    An adapter method's delta is applied to the wrapped base and the adapter
+    merged into the weights (``merge_and_unload``).
+
     The delta is checked whole before anything is written.
     """
     from fish_fl.checkpoint import apply_sparse_delta
@@ -92,7 +108,12 @@ def apply_command(
 
     if not delta.is_file():
         raise FileNotFoundError(f"delta file not found: {delta}")
-    model = apply_sparse_delta(_base_model(_config_of(delta), base), delta)
+    from fish_fl.methods import method_for
+
+    config = _config_of(delta)
+    method = method_for(config if base is None else config.replace(model=base))
+    # An adapter method's delta is against the wrapped base; the deployable model merges it.
+    model = method.deployable(apply_sparse_delta(method.export_base(), delta))
     out.mkdir(parents=True, exist_ok=True)
     save_pretrained = getattr(model, "save_pretrained", None)
     if callable(save_pretrained):

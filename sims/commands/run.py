@@ -82,7 +82,7 @@ def run_command(
     ] = None,
 ) -> None:
     """Run a Flower simulation (Ray backend) of a preset; print a per-round table."""
-    from fish_fl.preflight import preflight
+    from fish_fl.preflight import footprint, preflight
     from strategies.server_app import default_run_dir
 
     from ..simulate import simulate
@@ -104,6 +104,9 @@ def run_command(
         f"  {config.model} on {config.task}, {config.num_clients} clients, {config.rounds} rounds, "
         f"{config.mask_method} mask at density {config.density:g}"
     )
+    shape = footprint(config)
+    for line in shape.lines() if shape is not None else []:
+        typer.echo(f"  {line}")
     summary = simulate(config, run_dir, verbose=verbose, resume=resume is not None)
     final = summary.get("final") or {}
     typer.echo(

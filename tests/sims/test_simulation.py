@@ -148,6 +148,7 @@ def test_cli_bad_config_one_line_error(args: list[str], message: str, tmp_path: 
     [
         "sst2-minilm",
         "sst2-minilm-supermask",
+        "sst2-minilm-lora",
         "cifar10-resnet34",
         "cifar10-resnet34-paper",
         "glue-bert-large",

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 import fish_fl.supermask  # noqa: F401  (registers the "supermask" builder)
+from fish_fl.config import RunConfig
 from fish_fl.masks import Mask, MaskSpec, available_builders, build_mask
+from fish_fl.methods import method_for
 from fish_fl.supermask import SupermaskConfig, SupermaskModel
 from fish_fl.training import OptimizerConfig, SparseParameters, make_optimizer, train_steps
 from tests.tiny_models import bert_batches, tiny_bert
@@ -63,13 +65,30 @@ def _supermask_k(model: nn.Module) -> int:
     return scores + _numel(base, _head)
 
 
+def _adapter_k(*trained: str) -> Callable[[nn.Module], int]:
+    # Every trained adapter tensor (by name fragment) and the head.
+    return lambda model: _numel(model, lambda n, p: _head(n, p) or any(t in n for t in trained))
+
+
+def _supermask(model: nn.Module, seed: int) -> nn.Module:
+    return SupermaskModel(model, SupermaskConfig(seed=seed))
+
+
+def _peft(method: str) -> Callable[[nn.Module, int], nn.Module]:
+    def wrap(model: nn.Module, seed: int) -> nn.Module:
+        config = RunConfig(mask_method=method, head_patterns=("classifier",), seed=seed)
+        return method_for(config).wrap_model(model, vision=False)
+
+    return wrap
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How the contract builds and sizes one method's mask."""
 
     spec: Callable[[int], MaskSpec]  # seed -> spec
     expected_k: Callable[[nn.Module], int]
-    supermask: bool = False
+    wrap: Callable[[nn.Module, int], nn.Module] | None = None  # the method's model
     seed_changes_mask: bool = False
 
 
@@ -91,7 +110,13 @@ RECIPES: dict[str, Recipe] = {
     ),
     "dense": Recipe(lambda s: MaskSpec(method="dense", seed=s), _total),
     "supermask": Recipe(
-        lambda s: MaskSpec(method="supermask", seed=s), _supermask_k, supermask=True
+        lambda s: MaskSpec(method="supermask", seed=s), _supermask_k, wrap=_supermask
+    ),
+    "lora": Recipe(
+        lambda s: MaskSpec(method="lora", seed=s), _adapter_k(".lora_B."), wrap=_peft("lora")
+    ),
+    "ia3": Recipe(
+        lambda s: MaskSpec(method="ia3", seed=s), _adapter_k(".ia3_l."), wrap=_peft("ia3")
     ),
 }
 
@@ -112,9 +137,7 @@ def _batches() -> list:
 
 def _model(recipe: Recipe, seed: int) -> nn.Module:
     model = tiny_bert(num_labels=NUM_LABELS, seed=0)
-    if recipe.supermask:
-        model = SupermaskModel(model, SupermaskConfig(seed=seed))
-    return model
+    return model if recipe.wrap is None else recipe.wrap(model, seed)
 
 
 def _build(method: str, seed: int = 0, model: nn.Module | None = None) -> tuple[nn.Module, Mask]:
