@@ -120,7 +120,7 @@ class AbortableGrid(Grid):
     ) -> Iterable[Message]:
         """Push, then pull until every reply is in or ``timeout`` passes (as Flower's grids)."""
         messages = list(messages)
-        label = _label(messages)
+        label = _label(messages) if self.progress is not None else ""
         waiting = set(self.push_messages(messages))
         sent = len(waiting)
         start = time.monotonic()
@@ -146,6 +146,8 @@ def _label(messages: list[Message]) -> str:
     """``round 3 train``: the round (Flower's group id) and the kind of the messages."""
     if not messages:
         return "waiting"
-    meta = messages[0].metadata
+    meta = getattr(messages[0], "metadata", None)
+    if meta is None:
+        return "waiting"
     kind = str(meta.message_type).split(".")[0]
     return f"round {meta.group_id} {kind}" if meta.group_id else kind

@@ -113,7 +113,7 @@ def apply_command(
     config = _config_of(delta)
     method = method_for(config if base is None else config.replace(model=base))
     # An adapter method's delta is against the wrapped base; the deployable model merges it.
-    model = method.deployable(apply_sparse_delta(method.export_base(), delta))
+    model = method.deployable(apply_sparse_delta(_base_model(config, base), delta))
     out.mkdir(parents=True, exist_ok=True)
     save_pretrained = getattr(model, "save_pretrained", None)
     if callable(save_pretrained):
