@@ -105,3 +105,19 @@ def image_batches(
     x = torch.randn(n, 3, size, size, generator=g)
     y = torch.randint(0, num_classes, (n,), generator=g)
     return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+
+
+class TinyPlainNet(nn.Module):
+    """Two convolutions and a head, no BatchNorm: a model client-level DP accepts."""
+
+    def __init__(self, num_classes: int = 10, ch: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, ch, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(ch, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
