@@ -221,6 +221,24 @@ def test_unreachable_head_is_refused_at_preflight() -> None:
     assert time.monotonic() - started < 10  # Ray itself would retry for minutes
 
 
+def test_cli_unreachable_head_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    port = _free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "sims.cli", "run", "sst2-minilm", "--set"]
+        + [f"ray-address=127.0.0.1:{port}", "--out", str(tmp_path / "never")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fish-fl: error:")]
+    assert errors == [
+        f"fish-fl: error: ray-address=127.0.0.1:{port}: no Ray head node answers there "
+        f"(Connection refused); start one with `ray start --head --port {port}` or fix the address"
+    ], result.stderr
+    assert not (tmp_path / "never").exists()
+
+
 def test_attached_run_leaves_resources_to_the_cluster() -> None:
     """More CPUs per client than this machine has is the cluster's business, not pre-flight's."""
     with socket.socket() as listener:  # stands in for a head node
