@@ -120,6 +120,7 @@ class ActorWatch:
     def __init__(self, cluster: LoopbackCluster) -> None:
         self.cluster = cluster
         self.sessions: set[int] = set()
+        self.flags: set[str | None] = set()  # FISH_FL_SIMULATION in the actors' environment
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -129,6 +130,7 @@ class ActorWatch:
                 try:
                     if "ClientAppActor" in " ".join(process.cmdline()):
                         self.sessions.add(os.getsid(process.pid))
+                        self.flags.add(process.environ().get("FISH_FL_SIMULATION"))
                 except (psutil.Error, ProcessLookupError):
                     continue
 
@@ -155,6 +157,7 @@ def test_two_rounds_on_a_two_node_cluster(shared_data: Path) -> None:
     root = Path(tempfile.mkdtemp(prefix="fishray"))
     # Workers of a `ray start` node inherit its environment, not the driver's.
     env = {**os.environ, "FISH_FL_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
+    env.pop("FISH_FL_SIMULATION", None)  # must reach the clients from the run, not from here
     cluster = LoopbackCluster(root, env)
     started = time.monotonic()
     try:
@@ -172,6 +175,7 @@ def test_two_rounds_on_a_two_node_cluster(shared_data: Path) -> None:
         assert summary["final"]["round"] == 2
         # One client actor per node: both nodes served, and no Ray of its own.
         assert watch.sessions == set(cluster.sessions)
+        assert watch.flags == {"1"}  # the run's environment reached the cluster's workers
 
         # The run detached and left the cluster running: both nodes still alive.
         ray.init(address=cluster.address, log_to_driver=False)
@@ -249,6 +253,26 @@ def test_attached_run_leaves_resources_to_the_cluster() -> None:
         check_resources(RunConfig.from_mapping({"ray-address": address, "client-num-cpus": many}))
     with pytest.raises(PreflightError, match="client-num-cpus"):
         check_resources(RunConfig.from_mapping({"client-num-cpus": many}))
+
+
+def test_attach_names_the_address_when_ray_cannot_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray
+
+    from sims.ray_cluster import attach
+
+    def refuse(**kwargs: object) -> None:
+        assert kwargs["address"] == "auto"
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify ...")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ValueError) as error:
+        attach(RunConfig.from_mapping({"ray-address": "auto"}))
+    assert str(error.value) == (
+        "ray-address=auto: cannot attach to a Ray cluster "
+        "(Could not find any running Ray instance.)"
+    )
 
 
 def test_local_ray_never_joins_a_running_cluster() -> None:
