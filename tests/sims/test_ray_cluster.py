@@ -188,10 +188,11 @@ def test_two_rounds_on_a_two_node_cluster(shared_data: Path) -> None:
             attach(config.replace(client_num_cpus=2.0))
         assert not ray.is_initialized()
     finally:
+        # Also when the run failed: then this reports survivors beside the run's error.
         detach()
         survivors = cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
-    assert survivors == [], f"processes of the test's Ray cluster survive: {survivors}"
+        assert survivors == [], f"processes of the test's Ray cluster survive: {survivors}"
     assert time.monotonic() - started < 600
 
 
