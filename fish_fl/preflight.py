@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
+from .config.keys import ray_host_port
 from .data.hub import hub_offline
 from .device import resolve_device
 from .tasks.glue import SAMPLE_ROWS
@@ -105,8 +107,15 @@ def check_resources(config: RunConfig) -> None:
     """Refuse client resources that Ray could never give on this machine.
 
     Ray builds no actor for a client that asks for more than a node has, and
-    the simulation would then fail only after it started.
+    the simulation would then fail only after it started. With a
+    ``ray-address``, the clients run on that cluster's nodes, not here: its
+    head node must answer (Ray itself would retry for minutes), and the
+    resources are checked against the cluster once attached
+    (``sims.ray_cluster.attach``).
     """
+    if config.ray_address:
+        _check_ray_reachable(config.ray_address)
+        return
     cpus = os.cpu_count() or 1
     if config.client_num_cpus > cpus:
         raise PreflightError(
@@ -124,6 +133,21 @@ def check_resources(config: RunConfig) -> None:
                 f"client-num-gpus={config.client_num_gpus:g} exceeds the {gpus} CUDA GPU(s) "
                 "of this machine"
             )
+
+
+def _check_ray_reachable(address: str, timeout: float = 5.0) -> None:
+    """The head node at ``HOST:PORT`` accepts a TCP connection (``auto`` is left to Ray)."""
+    target = ray_host_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise PreflightError(
+            f"ray-address={address}: no Ray head node answers there ({reason}); "
+            f"start one with `ray start --head --port {target[1]}` or fix the address"
+        ) from None
 
 
 # --------------------------------------------------------------------------- data

@@ -22,8 +22,10 @@ def simulate(
     """Run ``config`` as a simulation with ``num-clients`` SuperNodes; return the summary.
 
     The ServerApp runs in this process; ClientApps run in Ray actors with
-    ``client-num-cpus`` CPUs (and ``client-num-gpus`` GPUs) each. With
-    ``resume``, the run in ``run_dir`` continues after its last checkpoint.
+    ``client-num-cpus`` CPUs (and ``client-num-gpus`` GPUs) each, on a local
+    Ray started for the run, or with ``ray-address`` on that running cluster
+    (:mod:`sims.ray_cluster`; the cluster outlives the run). With ``resume``,
+    the run in ``run_dir`` continues after its last checkpoint.
 
     Pre-flight (:func:`fish_fl.preflight.preflight`) runs first, before Ray.
     If the simulation backend fails while the ServerApp still runs, the
@@ -41,6 +43,8 @@ def simulate(
     from strategies.abort import AbortSignal
     from strategies.server_app import FAILURE, make_server_app
 
+    from .ray_cluster import attach, detach, local_init_args
+
     preflight(config)
     if not verbose:
         _quiet_known_notices()
@@ -51,8 +55,10 @@ def simulate(
             "num_cpus": config.client_num_cpus,
             "num_gpus": config.client_num_gpus,
         },
-        "init_args": {"include_dashboard": False, "log_to_driver": verbose},
+        "init_args": local_init_args(verbose),
     }
+    if config.ray_address:
+        attach(config, verbose=verbose)  # Flower's backend then finds Ray initialised
     abort = AbortSignal()
     threads_before = set(threading.enumerate())
     try:
@@ -87,6 +93,9 @@ def simulate(
         if interrupted:
             raise
         raise RuntimeError(reason) from e
+    finally:
+        if config.ray_address:
+            detach()  # Flower's backend disconnects too, unless it failed before that
     summary_path = run_dir / "summary.json"
     failure = run_dir / FAILURE
     if not summary_path.is_file() and failure.is_file():

@@ -463,6 +463,11 @@ def _check_field(f: dataclasses.Field[Any], value: Any) -> None:
             raise ConfigError(f"{key}={value!r} must be > {meta['gt']}")
         if "max" in meta and value > meta["max"]:
             raise ConfigError(f"{key}={value!r} must be <= {meta['max']}")
+    if "check" in meta:
+        try:
+            meta["check"](value)
+        except ValueError as e:
+            raise ConfigError(f"{key}={value!r}: {e}") from None
     if meta.get("patterns"):
         for pattern in value:
             try:

@@ -21,7 +21,7 @@ from ..federation.privacy import DP_ACCOUNTANTS, DP_MODES
 from ..federation.robust import AGGREGATIONS
 from ..federation.server_optim import SERVER_OPTIMIZERS
 from ..masks.layers import LAYERS_PRESETS
-from .keys import PARTITION_SCHEMES
+from .keys import PARTITION_SCHEMES, ray_host_port
 from .keys import meta as _meta
 
 __all__ = [
@@ -479,7 +479,18 @@ class MachineKeys:
     amp: bool = field(default=False, metadata=_meta("bfloat16 autocast on CUDA"))
     client_num_cpus: float = field(default=1.0, metadata=_meta("CPUs per simulated client", gt=0.0))
     client_num_gpus: float = field(
-        default=0.0, metadata=_meta("GPUs per simulated client", min=0.0)
+        default=0.0,
+        metadata=_meta(
+            "GPUs per simulated client; a fraction puts several clients on one GPU", min=0.0
+        ),
+    )
+    ray_address: str = field(
+        default="",
+        metadata=_meta(
+            "Ray cluster the simulation attaches to: '' starts a local Ray for the run, auto "
+            "the cluster `ray start` started on this machine, HOST:PORT a running head node",
+            check=ray_host_port,
+        ),
     )
     progress: bool = field(
         default=True,

@@ -14,6 +14,8 @@ from fish_fl.config import RunConfig, parse_override
 __all__ = ["load_preset", "preset_path", "resume_config", "run_command"]
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
+#: What ``--resume`` may change: how long the run goes on, and where it runs.
+_RESUME_KEYS = {"rounds", "ray-address"}
 
 
 def preset_path(preset: str) -> Path:
@@ -43,10 +45,11 @@ def resume_config(run_dir: Path, overrides: list[str] | None) -> tuple[RunConfig
     if not (run_dir / CHECKPOINT).is_file():
         raise ValueError(f"cannot resume {run_dir}: no {CHECKPOINT} (no round completed)")
     values = dict(parse_override(o) for o in overrides or [])
-    if set(values) - {"rounds"}:
-        bad = ", ".join(sorted(set(values) - {"rounds"}))
+    if set(values) - _RESUME_KEYS:
+        bad = ", ".join(sorted(set(values) - _RESUME_KEYS))
         raise ValueError(
-            f"--resume keeps the run's configuration; only rounds may be set, not {bad}"
+            "--resume keeps the run's configuration; only rounds and ray-address may be set, "
+            f"not {bad}"
         )
     config = RunConfig.from_mapping({**json.loads(config_path.read_text()), **values})
     done = read_checkpoint_round(run_dir / CHECKPOINT)
@@ -77,7 +80,7 @@ def run_command(
         typer.Option(
             "--resume",
             help="Continue the run in this folder after its last complete round "
-            "(only --set rounds=N may change, to extend it).",
+            "(only --set rounds=N, to extend it, and --set ray-address=... may change).",
         ),
     ] = None,
 ) -> None:
