@@ -468,11 +468,6 @@ def plan_sweep(
     for setting in expand_settings(experiment):
         preset, values = resolve_overrides(experiment, setting, scale, extra)
         grid = lr_grid(values.pop(LR_GRID, None), f"{experiment.name}/{setting.label}")
-        if grid and any(k.replace("_", "-") == "lr" for k in extra):
-            raise SweepError(
-                f"{experiment.name}/{setting.label}: --set lr=... conflicts with its {LR_GRID} "
-                f"{list(grid)}; drop one"
-            )
         if not grid:
             points.append((setting, setting.label, None, preset, values))
         for rate in grid:
@@ -494,8 +489,14 @@ def plan_sweep(
         points = [
             p for p in points if p[1] in only or p[0].label in only or set(p[0].parts) & set(only)
         ]
+    set_lr = any(k.replace("_", "-") == "lr" for k in extra)
     plan = []
     for setting, label, lr, preset, values in points:
+        if lr is not None and set_lr:
+            raise SweepError(
+                f"{experiment.name}/{setting.label}: --set lr=... conflicts with its {LR_GRID}; "
+                "drop one"
+            )
         for seed in run_seeds:
             where = f"{experiment.name}/{label}/seed-{seed}"
             run_values = (
