@@ -318,6 +318,14 @@ class RunRecorder:
                 "metric": best["metric"],
                 "score": best["score"],
             }
+            # The validation split's score (validation-examples), apart from the dev set's.
+            validated = [r for r in evaluated if r.get("val_score") is not None]
+            if validated:
+                top = max(validated, key=lambda r: r["val_score"])
+                summary["validation"] = {
+                    "final": {"round": validated[-1]["round"], "score": validated[-1]["val_score"]},
+                    "best": {"round": top["round"], "score": top["val_score"]},
+                }
         summary["rounds"] = max((r["round"] for r in self.rows), default=0)
         # The run's traffic: the cumulative totals of its last logged round.
         last = next((r for r in reversed(self.rows) if "cum_bytes_up" in r), None)

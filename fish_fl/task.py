@@ -168,6 +168,18 @@ class TaskData:
             batch=self.config.batch_size,
         )
 
+    def validation_loader(self) -> DataLoader[Any]:
+        """The validation split carved from the training data (``validation-examples``)."""
+        if self.partitions.validation.shape[0] == 0:
+            raise ValueError("this run has no validation split (validation-examples=0)")
+        return self._loader(
+            self.train,
+            self.partitions.validation,
+            train=False,
+            seed=0,
+            batch=self.config.eval_batch_size,
+        )
+
     def eval_loader(self) -> DataLoader[Any]:
         return self._loader(
             self.held_out, None, train=False, seed=0, batch=self.config.eval_batch_size
@@ -228,11 +240,20 @@ def train_rows(config: RunConfig, available: int) -> int:
 
 
 def check_calibration(config: RunConfig, n_train: int) -> int:
-    """The server's calibration sample size; raise if it leaves no data to train on."""
+    """The server's calibration sample size; raise if it, or the validation split after it,
+    leaves no data to train on (with a validation split: fewer examples than clients)."""
     calibration = config.fisher_samples if config.mask_source == "server" else 0
     if calibration >= n_train:
         raise ConfigError(
             f"fisher-samples={config.fisher_samples} leaves no training data among {n_train} examples"
+        )
+    left = n_train - calibration - config.validation_examples
+    if config.validation_examples and left < config.num_clients:
+        after = f" and the {calibration} of the calibration sample" if calibration else ""
+        raise ConfigError(
+            f"validation-examples={config.validation_examples} leaves {max(left, 0)} of the "
+            f"{n_train} training examples{after} for num-clients={config.num_clients}: "
+            "every client needs at least one"
         )
     return calibration
 
@@ -283,7 +304,8 @@ def load_task_data(config: RunConfig) -> TaskData:
 def client_partitions(
     config: RunConfig, labels: np.ndarray, groups: np.ndarray | None, rows: np.ndarray
 ) -> ClientPartitions:
-    """The calibration sample and the client partitions of the run's training rows.
+    """The calibration sample, the validation split and the client partitions of the run's
+    training rows.
 
     ``labels`` are those of the kept training rows; ``groups`` (the natural
     partition column) are of the whole split and ``rows`` pick the kept
@@ -297,6 +319,7 @@ def client_partitions(
         alpha=config.dirichlet_alpha,
         seed=config.seed,
         calibration_size=calibration,
+        validation_size=config.validation_examples,
         **_partition_options(config, groups, rows),
     )
 

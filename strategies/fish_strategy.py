@@ -91,6 +91,10 @@ class FishMaskStrategy(Strategy):
         including the task's primary metric and ``loss``.
     primary_metric
         Name of the metric reported as the score.
+    validate_fn
+        Evaluation on the validation split carved from the training data
+        (``validation-examples``), at the same rounds as ``evaluate_fn``; its
+        primary metric is logged as ``val_score``, its metrics as ``val_eval``.
     recorder
         Writes the run folder; ``None`` for none.
     checkpoint
@@ -109,6 +113,7 @@ class FishMaskStrategy(Strategy):
         calibration: CalibrationFn | None = None,
         evaluate_fn: EvaluateFn | None = None,
         primary_metric: str = "accuracy",
+        validate_fn: EvaluateFn | None = None,
         recorder: RunRecorder | None = None,
         checkpoint: Path | None = None,
         partition_max: int | None = None,
@@ -126,6 +131,7 @@ class FishMaskStrategy(Strategy):
         self.calibration = calibration
         self.evaluate_fn = evaluate_fn
         self.primary_metric = primary_metric
+        self.validate_fn = validate_fn
         self.recorder = recorder
         self.checkpoint = checkpoint
         self.partition_max = partition_max
@@ -465,8 +471,19 @@ class FishMaskStrategy(Strategy):
             return self.evaluate_fn(self.state.model)
         return None
 
+    def _validate(self, ev: dict[str, float] | None) -> dict[str, float] | None:
+        """Validation metrics whenever the held-out split was evaluated."""
+        if self.validate_fn is None or ev is None:
+            return None
+        return self.validate_fn(self.state.model)
+
     def _row(
-        self, rnd: int, ev: dict[str, float] | None, fed: MetricRecord | None, round_time: float
+        self,
+        rnd: int,
+        ev: dict[str, float] | None,
+        fed: MetricRecord | None,
+        round_time: float,
+        val: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         stats = self._stats if rnd > 0 else R.RoundStats()
         state = self.state
@@ -490,6 +507,9 @@ class FishMaskStrategy(Strategy):
             "k": 0 if state.plan is None else state.plan.union.k,
             **state.ledger.summary(rnd),
         }
+        if self.validate_fn is not None:
+            row["val_score"] = None if val is None else val.get(self.primary_metric)
+            row["val_eval"] = val
         if stats.capped:
             row["weight_capped"] = stats.capped
         if stats.skip_reason:
@@ -547,7 +567,7 @@ class FishMaskStrategy(Strategy):
             ev = self._evaluate(0)
             if ev is not None:
                 result.evaluate_metrics_serverapp[0] = MetricRecord(dict[str, Any](ev))
-            self._log(self._row(0, ev, None, 0.0))
+            self._log(self._row(0, ev, None, 0.0, self._validate(ev)))
         else:
             logger.info("resuming after round %d of %d", self.resume_round, rounds)
         empty = ArrayRecord()
@@ -577,7 +597,8 @@ class FishMaskStrategy(Strategy):
             ev = self._evaluate(rnd, force=stop)
             if ev is not None:
                 result.evaluate_metrics_serverapp[rnd] = MetricRecord(dict[str, Any](ev))
-            row = self._row(rnd, ev, fed, time.monotonic() - t0)
+            val = self._validate(ev)
+            row = self._row(rnd, ev, fed, time.monotonic() - t0, val)
             self._log(row)
             if self.privacy is not None:
                 logger.info(

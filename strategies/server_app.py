@@ -86,12 +86,20 @@ def _run_server(grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool) -
     def evaluate(m: Any) -> dict[str, float]:
         return evaluate_model(m, eval_loader, data.metric_task, device)
 
+    validate = None
+    if config.validation_examples:
+        val_loader = data.validation_loader()
+
+        def validate(m: Any) -> dict[str, float]:
+            return evaluate_model(m, val_loader, data.metric_task, device)
+
     strategy = FishMaskStrategy(
         config,
         model,
         calibration=data.calibration_loader if config.mask_source == "server" else None,
         evaluate_fn=evaluate,
         primary_metric=data.primary,
+        validate_fn=validate,
         recorder=recorder,
         checkpoint=checkpoint,
         partition_max=max((len(c) for c in data.partitions.clients), default=0) or None,

@@ -143,12 +143,16 @@ def make_strategy(
     device = resolve_device("cpu")
     model = build_task_model(config)
     loader = data.eval_loader()
+    val_loader = data.validation_loader() if config.validation_examples else None
     return FishMaskStrategy(
         config,
         model,
         calibration=data.calibration_loader if config.mask_source == "server" else None,
         evaluate_fn=lambda m: evaluate_model(m, loader, data.metric_task, device),
         primary_metric=data.primary,
+        validate_fn=None
+        if val_loader is None
+        else (lambda m: evaluate_model(m, val_loader, data.metric_task, device)),
         recorder=recorder,  # type: ignore[arg-type]
         checkpoint=checkpoint,
         partition_max=max(len(c) for c in data.partitions.clients),

@@ -113,6 +113,17 @@ class RunConfig(
             raise ConfigError(
                 f"warmup-rounds={self.warmup_rounds} must be smaller than rounds={self.rounds}"
             )
+        calibration = self.fisher_samples if self.mask_source == "server" else 0
+        if self.validation_examples and self.train_examples:
+            # The data's own size is checked when it is read (task.check_calibration).
+            left = self.train_examples - calibration - self.validation_examples
+            if left < self.num_clients:
+                raise ConfigError(
+                    f"validation-examples={self.validation_examples} leaves {max(left, 0)} of "
+                    f"train-examples={self.train_examples}"
+                    + (f" after fisher-samples={calibration}" if calibration else "")
+                    + f" for num-clients={self.num_clients}: every client needs at least one"
+                )
         if self.clients_per_round > self.num_clients:
             raise ConfigError(
                 f"clients-per-round={self.clients_per_round} exceeds num-clients={self.num_clients}"

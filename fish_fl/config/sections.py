@@ -148,6 +148,15 @@ class TaskKeys:
             shapes=("data",), help="evaluate on this many held-out examples (0: all)", min=0
         ),
     )
+    validation_examples: int = field(
+        default=0,
+        metadata=_meta(
+            shapes=("data",),
+            help="carve this many training examples out as a validation split, kept from "
+            "every client and scored each round as val_score (0: none)",
+            min=0,
+        ),
+    )
     seed: int = field(
         default=0,
         metadata=_meta(

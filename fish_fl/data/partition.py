@@ -461,6 +461,9 @@ class ClientPartitions:
     names : list of str, optional
         For a natural split, each client's group value (as a string); None
         otherwise.
+    validation : numpy.ndarray
+        Sorted indices of the validation split (empty when there is none):
+        neither in the calibration sample nor in any client partition.
     """
 
     clients: list[np.ndarray]
@@ -468,6 +471,7 @@ class ClientPartitions:
     num_examples: int
     calibration_excluded: bool = True
     names: list[str] | None = None
+    validation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def num_clients(self) -> int:
@@ -510,6 +514,8 @@ class ClientPartitions:
         }
         if self.names is not None:
             summary["client_names"] = list(self.names)
+        if self.validation.shape[0]:
+            summary["validation_size"] = int(self.validation.shape[0])
         return summary
 
     def report(
@@ -541,8 +547,9 @@ def make_client_partitions(
     min_partition_size: int = 1,
     groups: Sequence[Any] | np.ndarray | None = None,
     classes_per_client: int = 2,
+    validation_size: int = 0,
 ) -> ClientPartitions:
-    """Draw the calibration sample, then partition the training split among clients.
+    """Draw the calibration sample and the validation split, then partition the rest among clients.
 
     Parameters
     ----------
@@ -568,6 +575,11 @@ def make_client_partitions(
         are not in the calibration sample (see :func:`natural_groups`).
     classes_per_client : int, default 2
         For ``scheme="pathological"``: classes per client.
+    validation_size : int, default 0
+        Examples held out as a validation split, drawn from the rows outside
+        the calibration sample (from a stream of its own, so the calibration
+        sample and, with 0, the partitions are those drawn without it) and
+        kept out of every client partition.
 
     Returns
     -------
@@ -584,12 +596,27 @@ def make_client_partitions(
     """
     ids, _ = class_ids(labels)
     n = int(ids.shape[0])
-    calib_seq, part_seq = np.random.SeedSequence(_seed_int(seed)).spawn(2)
+    # The first two children are those of spawn(2), so the calibration sample
+    # and the partitions without a validation split are unchanged by the third.
+    calib_seq, part_seq, val_seq = np.random.SeedSequence(_seed_int(seed)).spawn(3)
     calibration, rest = split_calibration(n, calibration_size, int(calib_seq.generate_state(1)[0]))
-    pool = rest if exclude_calibration else np.arange(n, dtype=np.int64)
-    if num_clients > pool.shape[0]:
+    if not 0 <= validation_size <= rest.shape[0]:
         raise ValueError(
-            f"cannot split {pool.shape[0]} examples (after {calibration_size} for calibration) "
+            f"validation_size must lie in [0, {rest.shape[0]}] (the rows outside the "
+            f"calibration sample), got {validation_size}"
+        )
+    validation = np.zeros(0, dtype=np.int64)
+    pool = rest if exclude_calibration else np.arange(n, dtype=np.int64)
+    if validation_size:
+        rng = np.random.default_rng(int(val_seq.generate_state(1)[0]))
+        validation = np.sort(rng.choice(rest, size=validation_size, replace=False))
+        pool = np.setdiff1d(pool, validation, assume_unique=True)
+    if num_clients > pool.shape[0]:
+        held = f"{calibration_size} for calibration" + (
+            f", {validation_size} for validation" if validation_size else ""
+        )
+        raise ValueError(
+            f"cannot split {pool.shape[0]} examples (after {held}) "
             f"among {num_clients} clients: expected at most one client per example"
         )
     natural = str(scheme).strip().lower() == "natural"
@@ -625,6 +652,7 @@ def make_client_partitions(
         num_examples=n,
         calibration_excluded=exclude_calibration,
         names=names if natural else None,
+        validation=validation.astype(np.int64),
     )
     logger.info(
         "%d clients (%s%s), calibration %d of %d: sizes %s",

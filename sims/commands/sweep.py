@@ -16,6 +16,14 @@ A run's configuration is resolved in this order, later entries winning:
 5. ``--set key=value`` from the command line;
 6. ``seed``, one run per seed.
 
+A setting may carry a learning-rate grid (``lr-grid = [...]``, wherever a run
+key may stand): each rate becomes a run of its own, labelled
+``<setting>-lr<rate>``, with a validation split carved from the training data
+(``validation-examples``), and the summary reports each setting at the rate
+whose final validation score, averaged over seeds, is highest: its dev-set
+score, the rate and its validation score. The paper tuned the learning rate of
+every method this way.
+
 Every run's configuration is validated before any run starts. Each run writes
 its folder ``OUT/<experiment>/<label>/seed-<s>``; a folder that already holds a
 ``summary.json`` is skipped, so an interrupted sweep continues where it
@@ -30,6 +38,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import re
 import shutil
 import statistics
@@ -55,9 +64,11 @@ except ModuleNotFoundError:  # Python 3.10
 
 __all__ = [
     "EXPERIMENTS",
+    "LR_GRID",
     "SCALES",
     "Experiment",
     "LabelSummary",
+    "PickedRate",
     "PlannedRun",
     "Setting",
     "SweepError",
@@ -65,8 +76,11 @@ __all__ = [
     "expand_settings",
     "format_summary",
     "load_experiment",
+    "lr_grid",
     "mean_std",
+    "pick_rates",
     "plan_sweep",
+    "rate_label",
     "resolve_overrides",
     "run_sweep",
     "summarise",
@@ -84,6 +98,8 @@ SCALES = ("cpu", "paper")
 SUMMARY_FILE = "summary.json"
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SCALE_RESERVED = {"preset", "label"}
+#: The sweep key of a setting's learning-rate grid (not a run key).
+LR_GRID = "lr-grid"
 
 
 class SweepError(ValueError):
@@ -242,8 +258,14 @@ def load_experiment(name: str, folder: Path = EXPERIMENTS) -> Experiment:
     if unknown:
         raise SweepError(f"{path}: unknown scale {unknown[0]!r}; scales: {', '.join(SCALES)}")
     scales = {s: dict(_table(raw_scales.get(s, {}), f"{path}: [scale.{s}]")) for s in SCALES}
+    known = [label for _, values in axes for label, _ in values]
     for s, table in scales.items():
-        _table(table.get("label", {}), f"{path}: [scale.{s}.label]")
+        for label in _table(table.get("label", {}), f"{path}: [scale.{s}.label]"):
+            if label not in known:
+                raise SweepError(
+                    f"{path}: [scale.{s}.label.{label}] names no value label of the axes; "
+                    f"labels: {', '.join(known)}"
+                )
     columns = head.get("columns", [])
     if not isinstance(columns, list) or not set(columns) <= set(COLUMNS):
         raise SweepError(
@@ -305,12 +327,28 @@ def resolve_overrides(
 # ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a sweep: a setting at one seed, its config and its folder."""
+    """One run of a sweep: a setting (at one rate of its lr grid) at one seed.
+
+    Attributes
+    ----------
+    label
+        The run's label and folder name: the setting's label, with
+        ``-lr<rate>`` for one rate of its lr grid.
+    seed, config, run_dir
+        The run's seed, configuration and folder.
+    setting
+        The setting's label (the label without the rate).
+    lr
+        The rate of the setting's lr grid this run trains at; None for a
+        setting without a grid.
+    """
 
     label: str
     seed: int
     config: RunConfig
     run_dir: Path
+    setting: str = ""
+    lr: float | None = None
 
     @property
     def done(self) -> bool:
@@ -351,6 +389,28 @@ def _check_paths(config: RunConfig) -> None:
         )
 
 
+def lr_grid(value: Any, where: str) -> tuple[float, ...]:
+    """A setting's ``lr-grid``: distinct rates > 0, in the file's order (empty: none)."""
+    if value is None:
+        return ()
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(math.isfinite(v) and v > 0 for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise SweepError(
+            f"{where}: {LR_GRID} must be a non-empty list of distinct rates > 0, got {value!r}"
+        )
+    return tuple(float(v) for v in value)
+
+
+def rate_label(setting: str, lr: float) -> str:
+    """The label of one rate of a setting's grid: ``dense-lr5e-05`` (the rate exactly, as repr)."""
+    return f"{setting}-lr{lr!r}"
+
+
 def plan_sweep(
     experiment: Experiment,
     out: Path,
@@ -379,7 +439,8 @@ def plan_sweep(
         seeds a sweep still lacks.
     only
         Run only these setting labels (or value labels: ``fish-0.5pc`` selects
-        every setting with that part).
+        every setting with that part, or the label of one rate of a grid:
+        ``dense-lr5e-05``).
     overrides
         ``key=value`` strings applied to every run (``seed`` is not allowed:
         use ``seeds``).
@@ -390,7 +451,8 @@ def plan_sweep(
     ------
     SweepError
         Naming the first run (label and seed) whose config is invalid, an
-        unknown ``only`` label, or a bad override.
+        unknown ``only`` label, a bad override, a bad ``lr-grid``, a grid
+        without a validation split or with ``--set lr``.
     """
     run_seeds = choose_seeds(experiment, seeds, seed_list)
     extra: dict[str, Any] = {}
@@ -398,30 +460,61 @@ def plan_sweep(
         key, value = parse_override(text)
         if key.replace("_", "-") == "seed":
             raise SweepError("--set seed=... is not allowed in a sweep; use --seeds")
+        if key.replace("_", "-") == LR_GRID:
+            raise SweepError(f"--set {LR_GRID}=... is not a run key; set it in the experiment file")
         extra[key] = value
-    settings = expand_settings(experiment)
+    # Every setting's points: (label, rate or None), its preset and run keys.
+    points: list[tuple[Setting, str, float | None, str, dict[str, Any]]] = []
+    for setting in expand_settings(experiment):
+        preset, values = resolve_overrides(experiment, setting, scale, extra)
+        grid = lr_grid(values.pop(LR_GRID, None), f"{experiment.name}/{setting.label}")
+        if not grid:
+            points.append((setting, setting.label, None, preset, values))
+        for rate in grid:
+            points.append((setting, rate_label(setting.label, rate), rate, preset, values))
+    labels = [label for _, label, _, _, _ in points]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise SweepError(f"{experiment.name}: two runs would share the label {repeated[0]!r}")
     if only:
-        known = {s.label for s in settings} | {p for s in settings for p in s.parts}
+        known = (
+            set(labels) | {s.label for s, *_ in points} | {p for s, *_ in points for p in s.parts}
+        )
         missing = [o for o in only if o not in known]
         if missing:
             raise SweepError(
                 f"--only {missing[0]!r} matches no setting of {experiment.name}; "
-                f"settings: {', '.join(s.label for s in settings)}"
+                f"settings: {', '.join(dict.fromkeys(s.label for s, *_ in points))}"
             )
-        settings = [s for s in settings if s.label in only or set(s.parts) & set(only)]
+        points = [
+            p for p in points if p[1] in only or p[0].label in only or set(p[0].parts) & set(only)
+        ]
+    set_lr = any(k.replace("_", "-") == "lr" for k in extra)
     plan = []
-    for setting in settings:
-        preset, values = resolve_overrides(experiment, setting, scale, extra)
+    for setting, label, lr, preset, values in points:
+        if lr is not None and set_lr:
+            raise SweepError(
+                f"{experiment.name}/{setting.label}: --set lr=... conflicts with its {LR_GRID}; "
+                "drop one"
+            )
         for seed in run_seeds:
-            where = f"{experiment.name}/{setting.label}/seed-{seed}"
+            where = f"{experiment.name}/{label}/seed-{seed}"
+            run_values = (
+                {**values, "seed": seed} if lr is None else {**values, "lr": lr, "seed": seed}
+            )
             try:
-                config = RunConfig.from_toml(preset_path(preset), {**values, "seed": seed})
+                config = RunConfig.from_toml(preset_path(preset), run_values)
                 if check_paths:
                     _check_paths(config)
             except ValueError as e:
                 raise SweepError(f"{where}: {e}") from None
-            run_dir = out / experiment.name / setting.label / f"seed-{seed}"
-            item = PlannedRun(setting.label, seed, config, run_dir)
+            if lr is not None and config.validation_examples == 0:
+                raise SweepError(
+                    f"{where}: an {LR_GRID} picks its rate on a validation split; "
+                    "set validation-examples > 0 (in [scale.<scale>] or the setting)"
+                )
+            run_dir = out / experiment.name / label / f"seed-{seed}"
+            item = PlannedRun(label, seed, config, run_dir, setting=setting.label, lr=lr)
             if item.done:
                 _check_same_config(item, where)
             plan.append(item)
@@ -526,6 +619,11 @@ class LabelSummary:
     fme: tuple[float | None, float | None]
     wall_time: tuple[float | None, float | None]
     extra: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    #: The final validation score (``val_score`` of the last evaluated round), if the runs had one.
+    val_final: tuple[float | None, float | None] = (None, None)
+    #: The setting the label belongs to, and the rate of its lr grid (None: no grid).
+    setting: str = ""
+    lr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every statistic as ``{"mean": ..., "std": ...}``."""
@@ -545,12 +643,23 @@ class LabelSummary:
             "fme": pair(self.fme),
             "wall_time": pair(self.wall_time),
             **{k: pair(v) for k, v in self.extra.items()},
+            **({"val_final": pair(self.val_final)} if self.val_final[0] is not None else {}),
+            **({"setting": self.setting, "lr": self.lr} if self.lr is not None else {}),
         }
 
 
 def _trained_scores(record: RunRecord) -> list[float]:
     """Scores of the evaluated training rounds (round 0, before training, left out)."""
     return [v for row, v in record.evaluated() if int(row.get("round", 0)) > 0]
+
+
+def _final_val_score(record: RunRecord) -> float | None:
+    """``val_score`` of the last trained round that has one (the validation split's score)."""
+    for row in reversed(record.rows):
+        value = row.get("val_score")
+        if int(row.get("round", 0)) > 0 and isinstance(value, (int, float)):
+            return float(value)
+    return None
 
 
 def _wall_time(record: RunRecord) -> float | None:
@@ -595,16 +704,24 @@ def checkpoint_stats(record: RunRecord, run_dir: Path | None = None) -> dict[str
 
 
 def summarise_label(
-    label: str, records: Sequence[tuple[int, RunRecord, Path]], columns: Sequence[str] = ()
+    label: str,
+    records: Sequence[tuple[int, RunRecord, Path]],
+    columns: Sequence[str] = (),
+    *,
+    setting: str = "",
+    lr: float | None = None,
 ) -> LabelSummary:
     """Mean and std over seeds of one label's finished runs ``(seed, record, folder)``."""
-    finals, bests, mbs, fmes, walls = [], [], [], [], []
+    finals, bests, vals, mbs, fmes, walls = [], [], [], [], [], []
     extra: dict[str, list[float]] = {}
     for _, rec, run_dir in records:
         scores = _trained_scores(rec)
         if scores:
             finals.append(scores[-1])
             bests.append(max(scores))
+        val = _final_val_score(rec)
+        if val is not None:
+            vals.append(val)
         mbs.append((rec.total_bytes("up") + rec.total_bytes("down")) / 1e6)
         if rec.cum_fme is not None:
             fmes.append(rec.cum_fme)
@@ -630,6 +747,9 @@ def summarise_label(
         fme=mean_std(fmes),
         wall_time=mean_std(walls),
         extra={k: mean_std(v) for k, v in extra.items()},
+        val_final=mean_std(vals),
+        setting=setting or label,
+        lr=lr,
     )
 
 
@@ -652,12 +772,75 @@ def summarise(
 ) -> tuple[list[LabelSummary], list[str]]:
     """Per-label summaries of the finished runs, and the labels with no finished run."""
     summaries, missing = [], []
+    points = {item.label: (item.setting, item.lr) for item in plan}
     for label, records in collect(plan).items():
         if records:
-            summaries.append(summarise_label(label, records, columns))
+            setting, lr = points[label]
+            summaries.append(summarise_label(label, records, columns, setting=setting, lr=lr))
         else:
             missing.append(label)
     return summaries, missing
+
+
+@dataclass(frozen=True)
+class PickedRate:
+    """A setting of an lr grid at the rate its validation split picked.
+
+    Attributes
+    ----------
+    setting
+        The setting's label.
+    picked
+        The summary of the picked rate's runs (its dev-set scores, its
+        ``val_final``), or None when no rate has a finished run with a
+        validation score.
+    tried
+        Every rate of the grid with a finished run, in grid order:
+        ``(rate, mean final validation score or None, seeds)``.
+    rates
+        How many rates the grid has.
+    """
+
+    setting: str
+    picked: LabelSummary | None
+    tried: tuple[tuple[float, float | None, int], ...]
+    rates: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "setting": self.setting,
+            "lr": None if self.picked is None else self.picked.lr,
+            "picked": None if self.picked is None else self.picked.to_dict(),
+            "tried": [{"lr": lr, "val_final": v, "seeds": n} for lr, v, n in self.tried],
+            "rates": self.rates,
+        }
+
+
+def pick_rates(plan: Sequence[PlannedRun], summaries: Sequence[LabelSummary]) -> list[PickedRate]:
+    """Each lr-grid setting at the rate with the highest mean final validation score.
+
+    The dev-set score never enters the choice. A rate without a finished run or
+    without a validation score is not a candidate; on a tie the rate listed
+    first in the grid wins. Settings without a grid are left out.
+    """
+    by_label = {s.label: s for s in summaries}
+    grids: dict[str, list[str]] = {}
+    for item in plan:
+        if item.lr is not None:
+            labels = grids.setdefault(item.setting, [])
+            if item.label not in labels:
+                labels.append(item.label)
+    picks = []
+    for setting, labels in grids.items():
+        done = [by_label[label] for label in labels if label in by_label]
+        candidates = [s for s in done if s.val_final[0] is not None]
+        best = None
+        for s in candidates:  # strictly greater: the first of equal rates stays
+            if best is None or s.val_final[0] > best.val_final[0]:  # type: ignore[operator]
+                best = s
+        tried = tuple((float(s.lr or 0.0), s.val_final[0], len(s.seeds)) for s in done)
+        picks.append(PickedRate(setting, best, tried, len(labels)))
+    return picks
 
 
 def _cell(pair: tuple[float | None, float | None], spec: str) -> str:
@@ -665,6 +848,60 @@ def _cell(pair: tuple[float | None, float | None], spec: str) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:{spec}}" if std is None else f"{mean:{spec}} ± {std:{spec}}"
+
+
+def _density(s: LabelSummary) -> str:
+    kind = trains(s.method)
+    if kind == "tensors":
+        return "(whole tensors)"
+    if kind == "learned":
+        return "(learned mask)"
+    if kind == "all":
+        return "100%"
+    return "n/a" if s.density is None else f"{100 * s.density:.3g}%"
+
+
+def _picked_table(picks: Sequence[PickedRate]) -> list[str]:
+    """Each lr-grid setting at its picked rate: the rates tried, the pick, its dev scores."""
+    lines = [
+        "## Learning rate picked on the validation split",
+        "",
+        "Each setting runs every rate of its lr grid; the rate picked (in bold) is the one "
+        "with the highest final validation score, averaged over its seeds. The held-out "
+        "(dev) split plays no part in the choice; final and best are that rate's dev-set "
+        "scores.",
+        "",
+        "| setting | method | density | lr | rates tried: val final | seeds | metric "
+        "| val final | final | best | MB up+down |",
+        "|---|---|---|---:|---|---|---|---:|---:|---:|---:|",
+    ]
+    for pick in picks:
+        best = pick.picked
+        tried = ", ".join(
+            (f"**{lr:g}**" if best is not None and lr == best.lr else f"{lr:g}")
+            + (": n/a" if v is None else f": {v:.4f}")
+            for lr, v, _ in pick.tried
+        )
+        if len(pick.tried) < pick.rates:
+            tried += f" ({len(pick.tried)} of {pick.rates} rates finished)"
+        if best is None:
+            lines.append(f"| {pick.setting} | | | n/a | {tried or 'none finished'} | | | | | | |")
+            continue
+        row = [
+            pick.setting,
+            best.method,
+            _density(best),
+            f"{best.lr:g}",
+            tried,
+            ",".join(str(x) for x in best.seeds),
+            best.metric,
+            _cell(best.val_final, ".4f"),
+            _cell(best.final, ".4f"),
+            _cell(best.best, ".4f"),
+            _cell(best.total_mb, ".2f"),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return [*lines, ""]
 
 
 def format_summary(
@@ -676,8 +913,10 @@ def format_summary(
     missing: Sequence[str] = (),
     plot: str | None = None,
     run_seconds: float | None = None,
+    picks: Sequence[PickedRate] = (),
 ) -> str:
-    """The sweep's Markdown summary: one row per label."""
+    """The sweep's Markdown summary: one row per label, and with lr grids first
+    a table of each grid's setting at the rate its validation split picked."""
     extra_cols = [
         ("sparse_ckpt_mb", "sparse ckpt MB", ".2f"),
         ("dense_ckpt_mb", "dense ckpt MB", ".2f"),
@@ -686,12 +925,14 @@ def format_summary(
     for method in methods:
         extra_cols += [c for c in method.report_columns if c not in extra_cols]
     extra_cols = [c for c in extra_cols if any(c[0] in s.extra for s in summaries)]
+    validated = any(s.val_final[0] is not None for s in summaries)
     head = [
         "label",
         "method",
         "density",
         "seeds",
         "metric",
+        *(["val final"] if validated else []),
         "final",
         "best",
         "MB up+down",
@@ -708,26 +949,30 @@ def format_summary(
         "Mean ± sample standard deviation over seeds (no ± with one seed). "
         "final: the metric after the last round; best: the highest over the rounds; "
         "MB up+down: bytes on the wire, both directions; FME: the same in full-model "
-        "equivalents (dense float32 model sizes); wall time: per run.",
+        "equivalents (dense float32 model sizes); wall time: per run."
+        + (
+            " val final: the metric on the validation split (training examples no client "
+            "trains on) after the last round; final and best are the held-out (dev) split's."
+            if validated
+            else ""
+        ),
         "",
+    ]
+    if picks:
+        lines += _picked_table(picks)
+        lines += ["## Every run", ""]
+    lines += [
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" if i < 5 else "---:" for i in range(len(head))) + "|",
     ]
     for s in summaries:
-        kind = trains(s.method)
-        density = (
-            "100%" if kind == "all" else ("n/a" if s.density is None else f"{100 * s.density:.3g}%")
-        )
-        if kind == "tensors":
-            density = "(whole tensors)"
-        elif kind == "learned":
-            density = "(learned mask)"
         row = [
             s.label,
             s.method,
-            density,
+            _density(s),
             ",".join(str(x) for x in s.seeds),
             s.metric,
+            *([_cell(s.val_final, ".4f")] if validated else []),
             _cell(s.final, ".4f"),
             _cell(s.best, ".4f"),
             _cell(s.total_mb, ".2f"),
@@ -793,13 +1038,22 @@ def write_summary(
     """Write ``summary.md``, ``summary.json`` and, if the experiment plots, the figure."""
     root.mkdir(parents=True, exist_ok=True)
     summaries, missing = summarise(plan, experiment.columns)
+    picks = pick_rates(plan, summaries)
     walls = [_wall_time(rec) for recs in collect(plan).values() for _, rec, _ in recs]
     run_seconds = sum(w for w in walls if w is not None) if summaries else None
     plot_name = None
     if experiment.plot and summaries:
         from fish_fl.plots import accuracy_vs_communication_figure
 
-        curves = [mean_curve(label, recs) for label, recs in collect(plan).items() if recs]
+        # With lr grids, each grid's setting is drawn at its picked rate only.
+        unpicked = {item.label for item in plan if item.lr is not None} - {
+            p.picked.label for p in picks if p.picked is not None
+        }
+        curves = [
+            mean_curve(label, recs)
+            for label, recs in collect(plan).items()
+            if recs and label not in unpicked
+        ]
         try:
             fig = accuracy_vs_communication_figure(curves)
             fig.axes[0].set_title(f"{experiment.name}: {fig.axes[0].get_title()} (mean over seeds)")
@@ -817,6 +1071,7 @@ def write_summary(
             missing=missing,
             plot=plot_name,
             run_seconds=run_seconds,
+            picks=picks,
         ),
         encoding="utf-8",
     )
@@ -831,6 +1086,8 @@ def write_summary(
         "labels": [s.to_dict() for s in summaries],
         "missing": missing,
     }
+    if picks:
+        data["picked"] = [p.to_dict() for p in picks]
     # Strict JSON: a non-finite number is null; anything not JSON is written as text.
     write_text_atomic(root / "summary.json", dumps_strict(data, indent=2, default=str))
     return summaries
@@ -947,7 +1204,9 @@ def sweep_command(
             typer.echo(
                 f"  {'done' if item.done else 'todo'}  {item.label}/seed-{item.seed}: "
                 f"{c.model} {c.task} {c.mask_method} density={c.density:g} "
-                f"clients={c.num_clients} rounds={c.rounds} local-steps={c.local_steps}"
+                f"clients={c.num_clients} rounds={c.rounds} local-steps={c.local_steps} "
+                f"lr={c.lr:g}"
+                + (f" validation-examples={c.validation_examples}" if c.validation_examples else "")
             )
         return
     for name in ("flwr", "ray"):

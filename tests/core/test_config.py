@@ -378,6 +378,7 @@ _SHAPED = {
     "max-length": 64,
     "train-examples": 100,
     "eval-examples": 50,
+    "validation-examples": 10,
     "seed": 7,
     "augment": False,
     "num-clients": 3,

@@ -35,6 +35,7 @@ SHIPPED = [
     "checkpointing",
     "density",
     "disjoint",
+    "fair",
     "fisher-kind",
     "from-scratch",
     "samples",
@@ -154,7 +155,9 @@ def test_shipped_experiments_are_valid_at_both_scales(name: str) -> None:
     exp = load_experiment(name)
     cpu = plan_sweep(exp, Path("unused"), seeds=1, check_paths=False)
     paper = plan_sweep(exp, Path("unused"), scale="paper", seeds=1, check_paths=False)
-    assert len(cpu) == len(paper) == len(expand_settings(exp))
+    # One run per setting, or per rate of a setting's lr grid.
+    assert len(cpu) == len(paper) >= len(expand_settings(exp))
+    assert [*dict.fromkeys(p.setting for p in cpu)] == [s.label for s in expand_settings(exp)]
     assert len(exp.seeds) >= 3
     assert all(p.config.data_source == "hub" for p in paper)
 

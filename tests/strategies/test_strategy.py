@@ -13,7 +13,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from fish_fl import protocol as P
 from fish_fl.masks import Mask
 from fish_fl.runlog import RunRecorder
-from fish_fl.task import build_task_model
+from fish_fl.task import build_task_model, evaluate_model, load_task_data
 from tests.flower_harness import InProcessGrid, make_strategy, tiny_vision_config
 
 
@@ -277,6 +277,32 @@ def test_budget_stops_the_run(shared_data: Path, tmp_path: Path) -> None:
     assert last["cum_fme"] >= 0.25 and recorder.rows[-2]["cum_fme"] < 0.25
     assert last["score"] is not None  # the last round is always evaluated
     assert last["round"] < 10
+
+
+def test_validation_split_is_scored_beside_the_dev_set(shared_data: Path, tmp_path: Path) -> None:
+    config = tiny_vision_config(shared_data, rounds=2, eval_every=2, validation_examples=60)
+    recorder = RunRecorder(tmp_path / "run", config, stream=None)
+    strategy = make_strategy(config, recorder)
+    strategy.start(InProcessGrid(2))
+    rows = recorder.rows
+    # Scored whenever the dev set is (rounds 0 and 2 here), never otherwise.
+    assert [r["val_score"] is None for r in rows] == [False, True, False]
+    assert rows[1]["score"] is None and rows[1]["val_eval"] is None
+    for row in (rows[0], rows[2]):
+        assert row["val_score"] == row["val_eval"]["accuracy"]
+        assert set(row["val_eval"]) == set(row["eval"])
+    # The final row's validation score is the trained model's on those 60 training images.
+    data = load_task_data(config)
+    again = evaluate_model(
+        strategy.model, data.validation_loader(), data.metric_task, torch.device("cpu")
+    )
+    assert rows[2]["val_score"] == again["accuracy"]
+    assert rows[2]["val_score"] != rows[2]["score"]
+    # Without the key, rows carry neither.
+    plain = config.replace(validation_examples=0, rounds=1)
+    off = RunRecorder(tmp_path / "off", plain, stream=None)
+    make_strategy(plain, off).start(InProcessGrid(2))
+    assert all("val_score" not in r and "val_eval" not in r for r in off.rows)
 
 
 def test_constructed_reply_without_node_is_rejected(shared_data: Path) -> None:
