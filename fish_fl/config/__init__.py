@@ -222,10 +222,10 @@ class RunConfig(
 
     def attack_config(self) -> AttackConfig:
         """The hostile partitions and their attack (``attack``, ``attackers``, ``attack-*``)."""
-        ids: tuple[int, ...] = tuple(range(self.attackers))
         named = bool(self.attacker_ids.strip())
         if self.attack != "none" and not named and self.attackers > self.num_clients:
             raise ConfigError(f"attackers={self.attackers} exceeds num-clients={self.num_clients}")
+        ids: tuple[int, ...] = tuple(range(min(self.attackers, self.num_clients)))
         if named:
             parts = [p.strip() for p in self.attacker_ids.split(",")]
             if not all(p.isdigit() for p in parts):

@@ -252,6 +252,8 @@ def test_run_config_resolves_the_attackers() -> None:
     assert RunConfig(num_clients=5, attack="noise", attackers=2).attack_config().attackers == (0, 1)
     config = RunConfig(num_clients=5, attack="noise", attackers=2, attacker_ids="4, 2")
     assert config.attack_config().attackers == (4, 2)
+    # Without an attack, attackers is not checked against the clients (a sweep may set it).
+    assert RunConfig(attackers=10**12).attack_config().name == "none"
 
 
 @pytest.mark.parametrize(
