@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.serde import message_to_proto
 
 from fish_fl import protocol as P
+from fish_fl.attacks import NodeRound, hostile_node
 from fish_fl.codec import UpdateCodec
 from fish_fl.config import RunConfig
 from fish_fl.fisher import fisher_diagonal
@@ -99,6 +101,7 @@ def train(msg: Message, context: Context) -> Message:
     pid = _partition(context, config)
     data = _data(context, config)
     version = int(cfg[P.CFG_MASK_VERSION])  # type: ignore[arg-type]
+    hostile = hostile_node(config.attack_config(), pid)  # None on every honest node
 
     # 1. The optimiser over the k trainable entries, at the round's rate.
     sparse = SparseParameters(synced.model, mask)
@@ -114,7 +117,11 @@ def train(msg: Message, context: Context) -> Message:
         load_optimizer_file(run_key, pid, rnd, optimizer, version)
     # 2. Local training. The data order and dropout depend on the round and the
     # partition, not on node ids or on what this process ran before.
-    seed = (int(cfg[P.CFG_SEED]) * 7919 + pid) % SEED_RANGE  # type: ignore[arg-type]
+    round_seed = int(cfg[P.CFG_SEED])  # type: ignore[arg-type]
+    seed = (round_seed * 7919 + pid) % SEED_RANGE
+    batches: Iterable[Any] = data.client_loader(pid, seed=seed)
+    if hostile is not None:
+        batches = hostile.training_batches(batches, data.labels)
     devices = [synced.device] if synced.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -122,7 +129,7 @@ def train(msg: Message, context: Context) -> Message:
         stats = train_steps(
             sparse,
             optimizer,
-            data.client_loader(pid, seed=seed),
+            batches,
             steps=int(cfg[P.CFG_LOCAL_STEPS]),  # type: ignore[arg-type]
             device=synced.device,
             grad_clip=config.optimizer_config().grad_clip,
@@ -137,13 +144,21 @@ def train(msg: Message, context: Context) -> Message:
     # 3. The reply: the method's arrays, the buffers, and what the server checks.
     codec = UpdateCodec(config.update_dtype)
     reply = method.node_reply(sparse.values(), synced.values, synced.model, mask, seed, codec)
+    examples = data.client_size(pid)
+    if hostile is not None:
+        reply = hostile.reply(
+            reply,
+            codec,
+            lambda honest: NodeRound.of(honest, synced.values, synced.base, mask, round_seed, pid),
+        )
+        examples = hostile.claimed_examples(examples)
     arrays = {key: Array(value) for key, value in reply.items()}
     buffers = P.flat_buffers(synced.model)
     if buffers.numel():
         arrays[P.BUFFERS] = Array(buffers.numpy())
     metrics = MetricRecord(
         {
-            P.NUM_EXAMPLES: data.client_size(pid),
+            P.NUM_EXAMPLES: examples,
             P.TRAIN_LOSS: stats.mean_loss,
             P.METRIC_MASK_VERSION: version,
             P.BYTES_RECEIVED: int(message_to_proto(msg).ByteSize()),
@@ -161,7 +176,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = evaluate_model(
         synced.model, data.local_calibration_loader(pid), data.metric_task, synced.device
     )
-    record = MetricRecord({P.NUM_EXAMPLES: data.client_size(pid), **metrics})
+    examples = data.client_size(pid)
+    hostile = hostile_node(synced.config.attack_config(), pid)
+    if hostile is not None:
+        examples = hostile.claimed_examples(examples)
+    record = MetricRecord({P.NUM_EXAMPLES: examples, **metrics})
     return Message(RecordDict({P.METRICS: record}), reply_to=msg)
 
 

@@ -114,6 +114,7 @@ class SyncedModel:
     mask: Mask | None
     values: Tensor
     device: torch.device
+    base: Tensor  # the flat base the model was built from (shared with the base store)
 
 
 def _node_state(state: RecordDict) -> NodeState:
@@ -227,7 +228,7 @@ class Runtime:
         if P.BUFFERS in arrays:
             P.load_flat_buffers(model, torch.from_numpy(arrays[P.BUFFERS].copy()))
         assert self.device is not None
-        return SyncedModel(config, method, model, mask, values, self.device)
+        return SyncedModel(config, method, model, mask, values, self.device, base)
 
 
 def save_optimizer(state: RecordDict, optimizer: torch.optim.Optimizer, mask_version: int) -> None:

@@ -80,6 +80,7 @@ def preflight(config: RunConfig, *, simulation: bool = True) -> None:
     _wrap(_check_data, config)
     _wrap(_check_model, config)
     _wrap(_check_mask, config)
+    _wrap(_check_attack, config)
     if config.device != "auto":  # auto always resolves
         try:
             resolve_device(config.device)
@@ -206,6 +207,21 @@ def _check_model(config: RunConfig) -> None:
                 f"model={config.model!r} is not in the local cache and the Hugging Face hub is "
                 "unreachable: be online to download it, or pass a local model folder"
             )
+
+
+# --------------------------------------------------------------------------- attack
+
+
+def _check_attack(config: RunConfig) -> None:
+    """Label flipping needs classes: the task's label space says (a text file's is read)."""
+    if config.attack != "label-flip":
+        return
+    from .tasks import task_for
+
+    if task_for(config).label_space(config).regression:
+        raise PreflightError(
+            f"attack=label-flip flips class labels; task={config.task} is a regression"
+        )
 
 
 # --------------------------------------------------------------------------- mask

@@ -26,6 +26,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from ..attacks import UPDATE_ATTACKS, AttackConfig
 from ..federation.privacy import PrivacyConfig
 from ..federation.robust import Aggregation
 from ..federation.server_optim import ServerOptimizerConfig
@@ -34,6 +35,7 @@ from ..methods.keys import MethodKeys
 from ..training import OptimizerConfig
 from .keys import SHAPES
 from .sections import (
+    AttackKeys,
     FederationKeys,
     MachineKeys,
     MaskKeys,
@@ -46,6 +48,7 @@ __all__ = [
     "DATA_KEYS",
     "MODEL_KEYS",
     "SECTIONS",
+    "AttackKeys",
     "ConfigError",
     "FederationKeys",
     "MachineKeys",
@@ -69,12 +72,19 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig(
-    MachineKeys, OptimizerKeys, MethodKeys, MaskKeys, PrivacyKeys, FederationKeys, TaskKeys
+    MachineKeys,
+    OptimizerKeys,
+    MethodKeys,
+    MaskKeys,
+    AttackKeys,
+    PrivacyKeys,
+    FederationKeys,
+    TaskKeys,
 ):
     """Everything one federated run needs. Keys are kebab-case outside Python.
 
     Composed of the sections in :mod:`fish_fl.config.sections` (task,
-    federation, mask, optimiser, machine) and every method's own keys
+    federation, privacy, attacks, mask, optimiser, machine) and every method's own keys
     (:mod:`fish_fl.methods.keys`); a field's metadata gives its help, its
     allowed values and what it shapes.
     """
@@ -151,6 +161,7 @@ class RunConfig(
         self.server_optimizer_config()
         self._check_aggregation()
         self._check_privacy()
+        self._check_attack()
         if self.server_optimizer == "none" and self.server_lr > 0:
             raise ConfigError(
                 f"server-lr={self.server_lr} has no effect with server-optimizer=none; "
@@ -202,6 +213,52 @@ class RunConfig(
                 f"dp-mode={self.dp_mode} needs a method whose reply is the k-vector update; "
                 f"mask-method={self.mask_method!r} sends something else"
             )
+
+    def _check_attack(self) -> None:
+        attack = self.attack_config()
+        if attack.name == "none":
+            return
+        from ..methods import method_class
+
+        if attack.name in UPDATE_ATTACKS and not method_class(self.mask_method).plain_updates:
+            raise ConfigError(
+                f"attack={attack.name} replaces the k-vector update; mask-method="
+                f"{self.mask_method!r} sends something else"
+            )
+        if attack.name == "collude" and self.mask_assignment != "shared":
+            raise ConfigError(
+                "attack=collude sends one vector from every colluder; it needs "
+                "mask-assignment=shared"
+            )
+
+    def attack_config(self) -> AttackConfig:
+        """The hostile partitions and their attack (``attack``, ``attackers``, ``attack-*``)."""
+        named = bool(self.attacker_ids.strip())
+        if self.attack != "none" and not named and self.attackers > self.num_clients:
+            raise ConfigError(f"attackers={self.attackers} exceeds num-clients={self.num_clients}")
+        ids: tuple[int, ...] = tuple(range(min(self.attackers, self.num_clients)))
+        if named:
+            parts = [p.strip() for p in self.attacker_ids.split(",")]
+            if not all(p.isdigit() for p in parts):
+                raise ConfigError(
+                    f"attacker-ids={self.attacker_ids!r} must be partition ids separated by commas"
+                )
+            ids = tuple(int(p) for p in parts)
+        try:
+            return AttackConfig(
+                name=self.attack,
+                attackers=ids,
+                num_clients=self.num_clients,
+                scale=self.attack_scale,
+                norm=self.attack_norm,
+                margin=self.attack_margin,
+                noise_std=self.attack_noise_std,
+                examples=self.attack_examples,
+                max_update_norm=self.max_update_norm,
+                norm_factor=self.norm_factor,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def aggregation_config(self) -> Aggregation:
         try:
@@ -366,6 +423,7 @@ SECTIONS: tuple[type, ...] = (
     TaskKeys,
     FederationKeys,
     PrivacyKeys,
+    AttackKeys,
     MaskKeys,
     OptimizerKeys,
     MachineKeys,

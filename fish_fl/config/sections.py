@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..attacks import ATTACKS
 from ..federation.privacy import DP_ACCOUNTANTS, DP_MODES
 from ..federation.robust import AGGREGATIONS
 from ..federation.server_optim import SERVER_OPTIMIZERS
@@ -25,6 +26,7 @@ from .keys import PARTITION_SCHEMES, ray_host_port
 from .keys import meta as _meta
 
 __all__ = [
+    "AttackKeys",
     "FederationKeys",
     "MachineKeys",
     "MaskKeys",
@@ -399,6 +401,61 @@ class PrivacyKeys:
     dp_accountant: str = field(
         default="rdp",
         metadata=_meta("Opacus privacy accountant: rdp or prv", choices=DP_ACCOUNTANTS),
+    )
+
+
+@dataclass(frozen=True)
+class AttackKeys:
+    """Hostile clients (:mod:`fish_fl.attacks`), for tests and benchmarks of the defences."""
+
+    attack: str = field(
+        default="none",
+        metadata=_meta(
+            "what the hostile partitions do: none, sign-flip, scale (to just under the norm "
+            "bound), inflate-examples, label-flip, noise or collude",
+            choices=ATTACKS,
+        ),
+    )
+    attackers: int = field(
+        default=1,
+        metadata=_meta("with an attack: the first N partitions are hostile", min=0),
+    )
+    attacker_ids: str = field(
+        default="",
+        metadata=_meta("comma-separated hostile partition ids, instead of attackers (empty: none)"),
+    )
+    attack_scale: float = field(
+        default=1.0,
+        metadata=_meta(
+            "sign-flip: multiplier of the negated update; noise without attack-noise-std: the "
+            "noise's norm in honest-update norms",
+            gt=0.0,
+        ),
+    )
+    attack_norm: float = field(
+        default=0.0,
+        metadata=_meta(
+            "scale, collude: the crafted update's norm (0: attack-margin x max-update-norm, "
+            "else for scale just under the adaptive bound)",
+            min=0.0,
+        ),
+    )
+    attack_margin: float = field(
+        default=0.99,
+        metadata=_meta(
+            "scale, collude: fraction of the server's norm bound aimed at", gt=0.0, max=1.0
+        ),
+    )
+    attack_noise_std: float = field(
+        default=0.0,
+        metadata=_meta(
+            "noise: std of every coordinate (0: a random direction of attack-scale honest norms)",
+            min=0.0,
+        ),
+    )
+    attack_examples: int = field(
+        default=10**9,
+        metadata=_meta("inflate-examples: the num-examples claimed", min=1),
     )
 
 

@@ -32,6 +32,7 @@ from sims.commands.sweep import (
 from tests.flower_harness import tiny_vision_config
 
 SHIPPED = [
+    "attacks",
     "checkpointing",
     "density",
     "disjoint",
