@@ -74,8 +74,10 @@ def _rows(run_dir: Path) -> list[dict[str, object]]:
             "warmup_rounds": 1,
             "mask_refresh": 2,
         },
+        # LoRA through peft (FFA-LoRA: B and the head train), AdamW state across rounds.
+        {"mask_method": "lora", "optimizer": "adamw", "lr": 0.01},
     ],
-    ids=["warmup-refresh-adamw", "sampled", "supermask", "fedadam-fedprox"],
+    ids=["warmup-refresh-adamw", "sampled", "supermask", "fedadam-fedprox", "lora"],
 )
 def test_resumed_run_ends_like_an_uninterrupted_one(
     shared_data: Path, tmp_path: Path, changes: dict[str, object]
