@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -116,6 +117,7 @@ def train(msg: Message, context: Context) -> Message:
     # partition, not on node ids or on what this process ran before.
     seed = (int(cfg[P.CFG_SEED]) * 7919 + pid) % SEED_RANGE  # type: ignore[arg-type]
     devices = [synced.device] if synced.device.type == "cuda" else []
+    started = time.perf_counter()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         method.before_training(synced.model, synced.device, seed)
@@ -129,6 +131,7 @@ def train(msg: Message, context: Context) -> Message:
             amp=config.amp,
             proximal_mu=config.proximal_mu,
         )
+    seconds = time.perf_counter() - started
     if config.persist_optimizer:
         save_optimizer(context.state, optimizer, version)
         if run_key:
@@ -147,6 +150,7 @@ def train(msg: Message, context: Context) -> Message:
             P.TRAIN_LOSS: stats.mean_loss,
             P.METRIC_MASK_VERSION: version,
             P.BYTES_RECEIVED: int(message_to_proto(msg).ByteSize()),
+            P.TRAIN_SECONDS: seconds,
         }
     )
     return Message(RecordDict({P.ARRAYS: ArrayRecord(arrays), P.METRICS: metrics}), reply_to=msg)
