@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -123,6 +124,7 @@ def train(msg: Message, context: Context) -> Message:
     if hostile is not None:
         batches = hostile.training_batches(batches, data.labels)
     devices = [synced.device] if synced.device.type == "cuda" else []
+    started = time.perf_counter()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         method.before_training(synced.model, synced.device, seed)
@@ -136,6 +138,7 @@ def train(msg: Message, context: Context) -> Message:
             amp=config.amp,
             proximal_mu=config.proximal_mu,
         )
+    seconds = time.perf_counter() - started
     if config.persist_optimizer:
         save_optimizer(context.state, optimizer, version)
         if run_key:
@@ -162,6 +165,7 @@ def train(msg: Message, context: Context) -> Message:
             P.TRAIN_LOSS: stats.mean_loss,
             P.METRIC_MASK_VERSION: version,
             P.BYTES_RECEIVED: int(message_to_proto(msg).ByteSize()),
+            P.TRAIN_SECONDS: seconds,
         }
     )
     return Message(RecordDict({P.ARRAYS: ArrayRecord(arrays), P.METRICS: metrics}), reply_to=msg)

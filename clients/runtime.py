@@ -3,7 +3,9 @@
 Memory does not grow with the number of simulated nodes: a process keeps one
 model instance, the run's data, and at most two base models (flat float32
 vectors, also cached on disk so that another process on the same machine
-finds them). Per node, ``context.state`` keeps only small things: the run
+finds them). The version-0 base is read off the model instance while it is as
+built, so no second instance is ever held, and the C heap's mmap threshold is
+fixed (:mod:`fish_fl.memory`) so freed activations go back to the system. Per node, ``context.state`` keeps only small things: the run
 config, the node's mask (compact encoding) and its optimiser state (O(k)).
 The optimiser state is also written to disk after every round, under the run
 key the server sends, so that a resumed run (a new Flower run, with fresh node
@@ -37,6 +39,7 @@ from fish_fl.config import RunConfig
 from fish_fl.federation.sync import NodeState, resolve
 from fish_fl.fileio import read_safetensors, save_safetensors_atomic
 from fish_fl.masks import Mask
+from fish_fl.memory import limit_heap_growth
 from fish_fl.methods import SparseMethod, method_class, method_for
 from fish_fl.models import resolve_device
 from fish_fl.protocol import NodeError
@@ -164,6 +167,9 @@ class Runtime:
         self.data: dict[str, TaskData] = {}
         self.bases = BaseStore()
         self.device: torch.device | None = None
+        # The key of the model while it still holds the weights it was built with.
+        self.pristine: str | None = None
+        limit_heap_growth()
 
     # -- configuration -----------------------------------------------------
     def config(self, text: str) -> RunConfig:
@@ -187,7 +193,18 @@ class Runtime:
                 self.device = resolve_device(config.device)
             self.models.clear()
             self.models[key] = build_task_model(config).to(self.device)
+            self.pristine = key
         return self.models[key]
+
+    def initial_base(self, config: RunConfig) -> Tensor:
+        """The version-0 base: read off the process's model while it is as built, else rebuilt.
+
+        Building a second model for it would hold two copies at once.
+        """
+        key = config.shape_key("model", extra=method_class(config.mask_method).model_keys)
+        if self.pristine == key and key in self.models:
+            return P.flat_parameters(self.models[key])
+        return P.flat_parameters(build_task_model(config))
 
     def task_data(self, config: RunConfig) -> TaskData:
         key = config.shape_key("data")
@@ -211,13 +228,17 @@ class Runtime:
         model = self.model(config)
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
 
-        def initial_base() -> Tensor:
-            return P.flat_parameters(build_task_model(config))
-
         node, base, mask = resolve(
-            cfg, arrays, old, self.bases, shapes, initial_base, with_mask=with_mask
+            cfg,
+            arrays,
+            old,
+            self.bases,
+            shapes,
+            lambda: self.initial_base(config),
+            with_mask=with_mask,
         )
         _store_node_state(state, node, old)
+        self.pristine = None
         P.load_flat_parameters(model, base)
         method = method_for(config)
         values = torch.zeros(0)

@@ -70,6 +70,7 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 METRIC_MASK_VERSION = "mask-version"
 BYTES_RECEIVED = "bytes-received"  # the node's own measure of the message it answered
+TRAIN_SECONDS = "train-seconds"  # the node's wall time in local training (reported, not trusted)
 
 ACTION_FISHER = "fisher"
 

@@ -484,6 +484,7 @@ class FishMaskStrategy(Strategy):
         fed: MetricRecord | None,
         round_time: float,
         val: dict[str, float] | None = None,
+        eval_time: float = 0.0,
     ) -> dict[str, Any]:
         stats = self._stats if rnd > 0 else R.RoundStats()
         state = self.state
@@ -502,6 +503,8 @@ class FishMaskStrategy(Strategy):
             "missing": stats.missing,
             "clipped": stats.clipped,
             "node_bytes_received": stats.bytes_received,
+            "client_train_time": round(stats.train_seconds, 3),
+            "eval_time": round(eval_time, 3),
             "wall_time": round(time.monotonic() - self._start_time, 3),
             "round_time": round(round_time, 3),
             "k": 0 if state.plan is None else state.plan.union.k,
@@ -594,11 +597,13 @@ class FishMaskStrategy(Strategy):
                     result.evaluate_metrics_clientapp[rnd] = fed
             spent = self._privacy_spent(rnd)
             stop = self._budget_reached(rnd) or spent
+            t_eval = time.monotonic()
             ev = self._evaluate(rnd, force=stop)
             if ev is not None:
                 result.evaluate_metrics_serverapp[rnd] = MetricRecord(dict[str, Any](ev))
             val = self._validate(ev)
-            row = self._row(rnd, ev, fed, time.monotonic() - t0, val)
+            eval_time = time.monotonic() - t_eval
+            row = self._row(rnd, ev, fed, time.monotonic() - t0, val, eval_time)
             self._log(row)
             if self.privacy is not None:
                 logger.info(

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from fish_fl.checkpoint import save_sparse_delta
 from fish_fl.config import RunConfig
 from fish_fl.fileio import write_json_atomic
+from fish_fl.memory import limit_heap_growth
 from fish_fl.models import resolve_device
 from fish_fl.runlog import RunRecorder
 from fish_fl.task import build_task_model, evaluate_model, load_task_data
@@ -75,6 +76,7 @@ def _run_server(grid: Grid, config: RunConfig, run_dir: Path, *, resume: bool) -
     checkpoint = run_dir / CHECKPOINT
     if resume and not checkpoint.is_file():
         raise ValueError(f"cannot resume {run_dir}: it holds no {CHECKPOINT}")
+    limit_heap_growth()
     device = resolve_device(config.device)
     data = load_task_data(config)
     model = build_task_model(config).to(device)

@@ -62,6 +62,7 @@ class Decoded:
     buffers: Tensor | None
     train_loss: float | None
     bytes_received: int | None
+    train_seconds: float | None = None
 
 
 @dataclass
@@ -79,6 +80,7 @@ class RoundStats:
     skipped: bool = False
     skip_reason: str = ""
     bytes_received: int = 0  # as the accepted nodes measured their messages
+    train_seconds: float = 0.0  # local training time the accepted nodes report, summed
     train_bytes_up: int = 0
     train_messages_up: int = 0
     dp: DPRound | None = None  # what differential privacy did this round
@@ -145,6 +147,7 @@ def check_train_reply(
         return P.Rejected(f"malformed reply ({type(e).__name__}: {e})")
     loss = metric(view.metrics, P.TRAIN_LOSS)
     received = view.metrics.get(P.BYTES_RECEIVED)
+    seconds = metric(view.metrics, P.TRAIN_SECONDS)
     # A node's own measure of the message it answered: plausible only near what was sent.
     plausible = (
         isinstance(received, int)
@@ -161,6 +164,7 @@ def check_train_reply(
             buffers,
             None if loss is None else float(loss),
             int(received) if plausible else None,  # type: ignore[arg-type]
+            None if seconds is None or seconds < 0 else float(seconds),
         )
     )
 
@@ -248,6 +252,8 @@ def combine_train(
             kept_buffer_norms.append(bnorm)
         if d.bytes_received is not None:
             stats.bytes_received += d.bytes_received
+        if d.train_seconds is not None:
+            stats.train_seconds += d.train_seconds
         if d.train_loss is not None:
             losses.append((d.train_loss, weight))
     if losses:

@@ -180,6 +180,21 @@ def test_iid_shards_are_equal_and_mixed() -> None:
     assert mean_tv_distance(LABELS, parts) < 0.1
 
 
+@pytest.mark.parametrize(("n", "parts"), [(100, 7), (4000, 1000), (5, 5), (10, 1)])
+def test_iid_equals_flwr_datasets_iid_partitioner(n: int, parts: int) -> None:
+    """The direct IID split is IidPartitioner's, shard for shard, on the same shuffle."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import IidPartitioner
+
+    order = np.random.default_rng(3).permutation(n)
+    partitioner = IidPartitioner(num_partitions=parts)
+    partitioner.dataset = Dataset.from_dict({"index": order})
+    ours = partition_indices(np.zeros(n, dtype=int), parts, scheme="iid", seed=3)
+    for i, mine in enumerate(ours):
+        theirs = np.sort(np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64))
+        assert mine.dtype == np.int64 and np.array_equal(mine, theirs), i
+
+
 def test_numpy_generator_seed() -> None:
     a = partition_indices(LABELS, 4, seed=np.random.default_rng(9))
     b = partition_indices(LABELS, 4, seed=np.random.default_rng(9))

@@ -20,7 +20,7 @@ from strategies.state import CHECKPOINT, read_checkpoint_round
 from tests.flower_harness import InProcessGrid, make_strategy, tiny_vision_config
 
 # Fields that legitimately differ between an interrupted and an uninterrupted run.
-TIMING = {"wall_time", "round_time"}
+TIMING = {"wall_time", "round_time", "client_train_time", "eval_time"}
 TRAFFIC = {
     "bytes_down",
     "messages_down",
