@@ -19,7 +19,13 @@ DELTA = 1e-5
 
 @pytest.fixture(autouse=True)
 def _plain_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every side builds a BatchNorm-free network (DP refuses BatchNorm buffers)."""
+    """Every side builds a BatchNorm-free network (DP refuses BatchNorm buffers).
+
+    The nodes get a fresh process cache: another test's model for the same
+    model keys must not be taken for this one.
+    """
+    from clients import client_app
+    from clients.runtime import Runtime
 
     def build(config: RunConfig) -> nn.Module:
         with torch.random.fork_rng():
@@ -27,6 +33,7 @@ def _plain_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             return TinyPlainNet()
 
     monkeypatch.setattr("fish_fl.task.build_base_model", build)
+    monkeypatch.setattr(client_app, "runtime", Runtime())
     monkeypatch.setenv("FISH_FL_CACHE", str(tmp_path / "cache"))
 
 
