@@ -237,6 +237,7 @@ def test_nan_train_loss_and_implausible_counts_stay_out_of_the_log(
         if msg.metadata.message_type == "train":
             metrics[P.TRAIN_LOSS] = float("nan")
             metrics[P.BYTES_RECEIVED] = 10**15
+            metrics[P.TRAIN_SECONDS] = -1e6
         else:  # federated evaluation: a perfect score for a huge claimed sample
             metrics["accuracy"] = 1.0
             metrics[P.NUM_EXAMPLES] = 10**12
@@ -252,6 +253,8 @@ def test_nan_train_loss_and_implausible_counts_stay_out_of_the_log(
     assert row["train_loss"] is not None and math.isfinite(row["train_loss"])
     # One honest node's own count, not 10^15.
     assert 0 < row["node_bytes_received"] <= row["bytes_down"]
+    # A negative training time is dropped: only the honest node's own time is summed.
+    assert 0 < row["client_train_time"] <= row["round_time"]
     # The hostile claim is capped at the largest partition: the mean stays well below 1.
     assert row["federated_eval"]["accuracy"] < 0.9
 
