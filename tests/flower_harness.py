@@ -7,6 +7,7 @@ A ``tamper`` hook may replace a node's reply, to play a hostile client.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,17 @@ def tiny_vision_config(shared_data: Path, **changes: object) -> RunConfig:
     }
     values.update(changes)
     return RunConfig.from_mapping(values)
+
+
+def tiny_scale_toml(shared_data: Path, *keys: str) -> str:
+    """The tiny vision run as ``key = value`` lines of an experiment's ``[scale.cpu]`` table.
+
+    The model, data and budget keys always; ``keys`` adds more (``lr``).
+    """
+    tiny = tiny_vision_config(shared_data, rounds=2).to_dict()
+    names = ["model", "width", "data-source", "data-dir", "train-examples", "eval-examples"]
+    names += ["rounds", "local-steps", "batch-size", "fisher-samples", "optimizer", *keys]
+    return "\n".join(f"{k} = {json.dumps(tiny[k])}" for k in names)
 
 
 def make_strategy(

@@ -29,7 +29,7 @@ from sims.commands.sweep import (
     summarise,
     write_summary,
 )
-from tests.flower_harness import tiny_vision_config
+from tests.flower_harness import tiny_scale_toml
 
 SHIPPED = [
     "attacks",
@@ -478,10 +478,7 @@ def test_tiny_real_sweep_two_settings_one_seed(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FISH_FL_CACHE", str(tmp_path / "cache"))
-    tiny = tiny_vision_config(shared_data, rounds=2).to_dict()
-    keys = ["model", "width", "data-source", "data-dir", "train-examples", "eval-examples"]
-    keys += ["rounds", "local-steps", "batch-size", "fisher-samples", "optimizer", "lr"]
-    scale = "\n".join(f"{k} = {json.dumps(tiny[k])}" for k in keys)
+    scale = tiny_scale_toml(shared_data, "lr")
     text = f"""
 [experiment]
 title = "tiny"

@@ -20,7 +20,7 @@ from sims.commands.sweep import (
     summarise,
     write_summary,
 )
-from tests.flower_harness import tiny_vision_config
+from tests.flower_harness import tiny_scale_toml
 
 GRID = """
 [experiment]
@@ -274,10 +274,7 @@ def test_tiny_real_sweep_with_a_two_point_grid(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FISH_FL_CACHE", str(tmp_path / "cache"))
-    tiny = tiny_vision_config(shared_data, rounds=2).to_dict()
-    keys = ["model", "width", "data-source", "data-dir", "train-examples", "eval-examples"]
-    keys += ["rounds", "local-steps", "batch-size", "fisher-samples", "optimizer"]
-    scale = "\n".join(f"{k} = {json.dumps(tiny[k])}" for k in keys)
+    scale = tiny_scale_toml(shared_data)
     text = f"""
 [experiment]
 title = "tiny grid"
