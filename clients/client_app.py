@@ -40,6 +40,7 @@ from .runtime import (
     runtime,
     save_optimizer,
     save_optimizer_file,
+    small_node_state,
 )
 
 __all__ = ["app"]
@@ -110,9 +111,12 @@ def train(msg: Message, context: Context) -> Message:
     rnd = int(cfg[P.CFG_ROUND])  # type: ignore[arg-type]
     run_key = str(cfg.get(P.CFG_RUN_KEY, ""))
     # A resumed run starts with fresh node state: the disk copy carries it over.
+    # In a simulation the disk copy is the only one (the driver holds every
+    # node's context.state, which must stay small).
+    in_context = config.persist_optimizer and not small_node_state()
     if (
         config.persist_optimizer
-        and not load_optimizer(context.state, optimizer, version)
+        and not (in_context and load_optimizer(context.state, optimizer, version))
         and run_key
     ):
         load_optimizer_file(run_key, pid, rnd, optimizer, version)
@@ -140,7 +144,8 @@ def train(msg: Message, context: Context) -> Message:
         )
     seconds = time.perf_counter() - started
     if config.persist_optimizer:
-        save_optimizer(context.state, optimizer, version)
+        if in_context:
+            save_optimizer(context.state, optimizer, version)
         if run_key:
             save_optimizer_file(run_key, pid, rnd, optimizer, version)
 

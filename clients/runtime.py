@@ -5,17 +5,23 @@ model instance, the run's data, and at most two base models (flat float32
 vectors, also cached on disk so that another process on the same machine
 finds them). The version-0 base is read off the model instance while it is as
 built, so no second instance is ever held, and the C heap's mmap threshold is
-fixed (:mod:`fish_fl.memory`) so freed activations go back to the system. Per node, ``context.state`` keeps only small things: the run
-config, the node's mask (compact encoding) and its optimiser state (O(k)).
-The optimiser state is also written to disk after every round, under the run
-key the server sends, so that a resumed run (a new Flower run, with fresh node
-state) continues with the same state.
+fixed (:mod:`fish_fl.memory`) so freed activations go back to the system.
+
+Per node, ``context.state`` keeps only small things. In a simulation, where
+the driver holds every node's context, that is the run config and the
+fingerprints and versions of the node's base and mask: the mask's bytes live
+in the process's :class:`MaskStore` (and the machine's disk cache), once
+however many nodes share it, and the optimiser state (O(k)) only on disk.
+A real node, which holds only its own context, keeps its mask and optimiser
+state in it as well. The optimiser state is written to disk after every
+round, under the run key the server sends, so that a resumed run (a new
+Flower run, with fresh node state) continues with the same state.
 
 Files on disk carry a checksum of their content (:mod:`fish_fl.fileio`). A
-cached base or optimiser state that cannot be read back intact is treated as
+cached base, mask or optimiser state that cannot be read back intact is treated as
 missing, with a warning: a missing base makes the node answer with its
-``MISSING_BASE`` status and the server sends the base again; a missing
-optimiser state starts from a fresh one. Either way the run goes on.
+``MISSING_BASE`` status and the server sends the base again (a missing mask,
+``MISSING_MASK``, likewise); a missing optimiser state starts from a fresh one. Either way the run goes on.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from fish_fl.models import resolve_device
 from fish_fl.protocol import NodeError
 from fish_fl.task import TaskData, build_task_model, load_task_data
 
-__all__ = ["Runtime", "SyncedModel", "runtime"]
+__all__ = ["BaseStore", "MaskStore", "Runtime", "SyncedModel", "runtime", "small_node_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,47 +70,119 @@ def _cache_dir(kind: str = "bases") -> Path:
     return path
 
 
-class BaseStore:
-    """Base models by fingerprint: two in memory, more on disk (checksummed)."""
+class _Store:
+    """Tensors by fingerprint: a few in memory, more on disk (checksummed).
 
-    def __init__(self, keep: int = 2, keep_on_disk: int = 4) -> None:
+    Any process on the machine finds what another one put there. A file that
+    does not read back intact is treated as missing, with a warning.
+    """
+
+    kind = ""
+    key = ""
+
+    def __init__(self, keep: int, keep_on_disk: int) -> None:
         self.memory: OrderedDict[str, Tensor] = OrderedDict()
         self.keep, self.keep_on_disk = keep, keep_on_disk
 
-    def get(self, fingerprint: str) -> Tensor | None:
+    def _check(self, path: Path, tensor: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def _lookup(self, fingerprint: str) -> Tensor | None:
         if fingerprint in self.memory:
             self.memory.move_to_end(fingerprint)
             return self.memory[fingerprint]
-        path = _cache_dir() / f"{fingerprint}.safetensors"
+        if not fingerprint.isalnum():
+            return None
+        path = _cache_dir(self.kind) / f"{fingerprint}.safetensors"
         if not path.is_file():
             return None
         try:
             tensors, _ = read_safetensors(path, require_checksums=True)
-            flat = tensors.get("base")
-            if flat is None or flat.dtype != torch.float32 or flat.ndim != 1:
-                raise ValueError(f"{path} holds no 1-D float32 'base' tensor")
+            found = self._check(path, tensors.get(self.key))
         except (OSError, ValueError) as e:
-            logger.warning("cached base unusable, treated as missing: %s", e)
+            logger.warning("cached %s unusable, treated as missing: %s", self.key, e)
             path.unlink(missing_ok=True)
             return None
-        self._remember(fingerprint, flat)
-        return flat
+        self._remember(fingerprint, found)
+        return found
 
-    def put(self, fingerprint: str, flat: Tensor, *, to_disk: bool = True) -> None:
-        self._remember(fingerprint, flat)
-        if to_disk:
-            folder = _cache_dir()
+    def _store(self, fingerprint: str, tensor: Tensor, *, to_disk: bool = True) -> None:
+        self._remember(fingerprint, tensor)
+        if to_disk and fingerprint.isalnum():
+            folder = _cache_dir(self.kind)
             path = folder / f"{fingerprint}.safetensors"
-            save_safetensors_atomic({"base": flat.contiguous()}, path, checksums=True)
+            if path.is_file():
+                os.utime(path)  # the same content (by fingerprint): kept, as the newest
+                return
+            save_safetensors_atomic({self.key: tensor.contiguous()}, path, checksums=True)
             files = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
             for old in files[: -self.keep_on_disk]:
                 old.unlink(missing_ok=True)
 
-    def _remember(self, fingerprint: str, flat: Tensor) -> None:
-        self.memory[fingerprint] = flat
+    def _remember(self, fingerprint: str, tensor: Tensor) -> None:
+        self.memory[fingerprint] = tensor
         self.memory.move_to_end(fingerprint)
         while len(self.memory) > self.keep:
             self.memory.popitem(last=False)
+
+
+class BaseStore(_Store):
+    """Base models (flat float32 vectors) by fingerprint: two in memory, four on disk."""
+
+    kind, key = "bases", "base"
+
+    def __init__(self, keep: int = 2, keep_on_disk: int = 4) -> None:
+        super().__init__(keep, keep_on_disk)
+
+    def _check(self, path: Path, tensor: Tensor | None) -> Tensor:
+        if tensor is None or tensor.dtype != torch.float32 or tensor.ndim != 1:
+            raise ValueError(f"{path} holds no 1-D float32 'base' tensor")
+        return tensor
+
+    def get(self, fingerprint: str) -> Tensor | None:
+        return self._lookup(fingerprint)
+
+    def put(self, fingerprint: str, flat: Tensor, *, to_disk: bool = True) -> None:
+        self._store(fingerprint, flat, to_disk=to_disk)
+
+
+class MaskStore(_Store):
+    """Masks (their compact encoding) by fingerprint, for nodes whose state is kept small.
+
+    In a simulation every node's ``context.state`` lives in the driver, so a
+    node keeps only its mask's fingerprint there and the bytes live here,
+    once per process (and once on the machine's disk) however many nodes
+    share the mask.
+    """
+
+    kind, key = "masks", "mask"
+
+    def __init__(self, keep: int = 4, keep_on_disk: int = 64) -> None:
+        super().__init__(keep, keep_on_disk)
+
+    def _check(self, path: Path, tensor: Tensor | None) -> Tensor:
+        if tensor is None or tensor.dtype != torch.uint8 or tensor.ndim != 1:
+            raise ValueError(f"{path} holds no 1-D uint8 'mask' tensor")
+        return tensor
+
+    def get(self, fingerprint: str) -> bytes | None:
+        found = self._lookup(fingerprint)
+        return None if found is None else found.numpy().tobytes()
+
+    def put(self, fingerprint: str, data: bytes) -> None:
+        tensor = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+        self._store(fingerprint, tensor)
+
+
+def small_node_state() -> bool:
+    """Whether nodes keep their mask and optimiser state out of ``context.state``.
+
+    True in a simulation, where the driver holds every node's context: there
+    a node keeps only fingerprints and versions (bytes, not megabytes), so the
+    driver's memory does not grow with the nodes sampled. A real node keeps
+    its own context, and keeps the mask and optimiser state in it.
+    """
+    return os.environ.get("FISH_FL_SIMULATION") == "1"
 
 
 @dataclass
@@ -120,16 +198,19 @@ class SyncedModel:
     base: Tensor  # the flat base the model was built from (shared with the base store)
 
 
-def _node_state(state: RecordDict) -> NodeState:
-    """The node's sync state, as kept in Flower's ``context.state``."""
+def _node_state(state: RecordDict, masks: MaskStore) -> NodeState:
+    """The node's sync state, as kept in Flower's ``context.state`` (and the mask store)."""
     info = dict(state.config_records[NODE_STATE]) if NODE_STATE in state.config_records else {}
-    mask = None
-    if NODE_MASK in state.array_records:
-        mask = state.array_records[NODE_MASK][P.MASK].numpy().tobytes()
 
     def get(key: str, kind: type) -> Any:
         value = info.get(key)
         return value if isinstance(value, kind) else None
+
+    mask = None
+    if NODE_MASK in state.array_records:
+        mask = state.array_records[NODE_MASK][P.MASK].numpy().tobytes()
+    elif (fingerprint := get(P.CFG_MASK_FINGERPRINT, str)) is not None:
+        mask = masks.get(fingerprint)  # None: the node answers MISSING_MASK, the server resends
 
     return NodeState(
         run_config=get(P.CFG_RUN_CONFIG, str),
@@ -141,7 +222,7 @@ def _node_state(state: RecordDict) -> NodeState:
     )
 
 
-def _store_node_state(state: RecordDict, node: NodeState, old: NodeState) -> None:
+def _store_node_state(state: RecordDict, node: NodeState, old: NodeState, masks: MaskStore) -> None:
     info: dict[str, Any] = {}
     for key, value in (
         (P.CFG_RUN_CONFIG, node.run_config),
@@ -154,8 +235,14 @@ def _store_node_state(state: RecordDict, node: NodeState, old: NodeState) -> Non
             info[key] = value
     state[NODE_STATE] = ConfigRecord(info)
     if node.mask_bytes is not None and node.mask_bytes != old.mask_bytes:
-        data = np.frombuffer(node.mask_bytes, dtype=np.uint8).copy()
-        state[NODE_MASK] = ArrayRecord({P.MASK: Array(data)})
+        assert node.mask_fingerprint is not None
+        masks.put(node.mask_fingerprint, node.mask_bytes)
+        if small_node_state():
+            if NODE_MASK in state.array_records:
+                del state[NODE_MASK]
+        else:
+            data = np.frombuffer(node.mask_bytes, dtype=np.uint8).copy()
+            state[NODE_MASK] = ArrayRecord({P.MASK: Array(data)})
 
 
 class Runtime:
@@ -166,6 +253,7 @@ class Runtime:
         self.models: dict[str, nn.Module] = {}
         self.data: dict[str, TaskData] = {}
         self.bases = BaseStore()
+        self.masks = MaskStore()
         self.device: torch.device | None = None
         # The key of the model while it still holds the weights it was built with.
         self.pristine: str | None = None
@@ -220,7 +308,7 @@ class Runtime:
         """Bring the process's model to what the message describes (see :mod:`fish_fl.federation.sync`)."""
         cfg = content.config_records[P.CONFIG]
         arrays = {k: a.numpy() for k, a in content.array_records[P.ARRAYS].items()}
-        old = _node_state(state)
+        old = _node_state(state, self.masks)
         text = cfg.get(P.CFG_RUN_CONFIG)
         if not isinstance(text, str) and old.run_config is None:
             raise NodeError(P.Status.NO_RUN_CONFIG, "node has no run config; send run-config first")
@@ -237,7 +325,7 @@ class Runtime:
             lambda: self.initial_base(config),
             with_mask=with_mask,
         )
-        _store_node_state(state, node, old)
+        _store_node_state(state, node, old, self.masks)
         self.pristine = None
         P.load_flat_parameters(model, base)
         method = method_for(config)

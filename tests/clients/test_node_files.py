@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clients.runtime import BaseStore, load_optimizer_file, save_optimizer_file
+from clients.runtime import BaseStore, MaskStore, load_optimizer_file, save_optimizer_file
 from fish_fl import protocol as P
 from fish_fl.federation.sync import NodeState, flat_fingerprint, resolve
 from fish_fl.fileio import read_safetensors, save_safetensors_atomic
+from fish_fl.masks import Mask
 from tests.tiny_models import TinyConvNet
 
 
@@ -79,6 +80,35 @@ def test_a_damaged_cached_base_is_missing_and_the_node_says_so(
     with pytest.raises(P.NodeError) as err:
         resolve(cfg, {}, state, store, shapes, lambda: flat, with_mask=False)
     assert err.value.status == P.Status.MISSING_BASE
+
+
+def _tiny_mask() -> Mask:
+    model = TinyConvNet()
+    return Mask.from_bool({n: torch.rand(p.shape) < 0.3 for n, p in model.named_parameters()})
+
+
+def test_a_cached_mask_reads_back_bit_for_bit(cache: Path) -> None:
+    mask = _tiny_mask()
+    data = mask.to_bytes()
+    MaskStore().put(mask.fingerprint, data)
+    got = MaskStore().get(mask.fingerprint)  # a new process: nothing in memory
+    assert got == data and Mask.from_bytes(got).fingerprint == mask.fingerprint
+    assert [p.stem for p in (cache / "masks").iterdir()] == [mask.fingerprint]
+    assert MaskStore().get("../bases/x") is None  # a fingerprint is never a path
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cached_mask_is_missing_and_the_node_says_so(
+    cache: Path, damage: Callable[[Path], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    mask = _tiny_mask()
+    MaskStore().put(mask.fingerprint, mask.to_bytes())
+    (path,) = (cache / "masks").glob(f"{mask.fingerprint}.*")
+    damage(path)
+    with caplog.at_level(logging.WARNING, logger="clients.runtime"):
+        assert MaskStore().get(mask.fingerprint) is None
+    assert "treated as missing" in caplog.text
+    assert not path.exists()
 
 
 def _trained_optimizer(seed: int = 0) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
