@@ -125,6 +125,7 @@ class SparseParameters:
         params = dict(model.named_parameters())
         self.full: dict[str, nn.Parameter] = {}
         self.partial: dict[str, tuple[nn.Parameter, Tensor, Tensor]] = {}
+        self._hooks = False
         for name, p in params.items():
             idx = mask.indices[name]
             if idx.numel() == 0:
@@ -155,7 +156,12 @@ class SparseParameters:
         return [t for _, t in self.named_trainable()]
 
     def collect_grads(self) -> None:
-        """Move the kept entries of each partial parameter's gradient into its leaf."""
+        """Move the kept entries of each partial parameter's gradient into its leaf.
+
+        Inside :meth:`gradient_hooks` the backward pass has moved them already.
+        """
+        if self._hooks:
+            return
         for p, idx, leaf in self.partial.values():
             if p.grad is None:
                 leaf.grad = None
@@ -163,6 +169,38 @@ class SparseParameters:
             g = p.grad.reshape(-1)[idx]
             leaf.grad = g if leaf.grad is None else leaf.grad.copy_(g)
             p.grad = None
+
+    @contextlib.contextmanager
+    def gradient_hooks(self) -> Iterator[None]:
+        """Move each partial parameter's kept gradient entries into its leaf during backward.
+
+        As soon as a parameter's gradient is complete its ``k`` kept entries
+        are gathered and the full gradient is dropped, so a backward pass never
+        holds every parameter's full gradient at once (at most one, plus what
+        autograd is still computing). The values are the same as
+        :meth:`collect_grads` gives after the pass.
+        """
+
+        def move(leaf: Tensor, idx: Tensor) -> Any:
+            def hook(p: Tensor) -> None:
+                assert p.grad is not None
+                g = p.grad.reshape(-1)[idx]
+                leaf.grad = g if leaf.grad is None else leaf.grad.add_(g)
+                p.grad = None
+
+            return hook
+
+        handles = [
+            p.register_post_accumulate_grad_hook(move(leaf, idx))
+            for p, idx, leaf in self.partial.values()
+        ]
+        self._hooks = len(handles) > 0
+        try:
+            yield
+        finally:
+            self._hooks = False
+            for h in handles:
+                h.remove()
 
     @torch.no_grad()
     def write_back(self) -> None:
@@ -286,34 +324,40 @@ def train_steps(
     use_amp = amp and device.type == "cuda"
     total_loss, examples = 0.0, 0
     stream = cycle_batches(batches)
-    for _ in range(steps):
-        inputs, targets = move_batch(next(stream), device, non_blocking=True)
-        # 1. forward and backward as usual: gradients land on the parameters.
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-        with ctx:
-            loss = loss_fn(forward_logits(model, inputs), targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is not finite ({loss.item()})")
-        sparse.zero_grad()
-        loss.backward()
-        # 2. keep only the masked entries' gradients, in the optimiser's leaves.
-        sparse.collect_grads()
-        # The proximal term's gradient, added directly rather than through the
-        # loss, so it costs no graph and never reaches a frozen entry. A tensor
-        # without a gradient this step (unused by the forward) is skipped by
-        # the optimiser, and so is its proximal term.
-        if proximal_mu > 0:
-            for t, anchor in zip(trainable, anchors, strict=True):
-                if t.grad is not None:
-                    t.grad.add_(t.detach() - anchor, alpha=proximal_mu)
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-        # 3. step the k values and write them back; nothing else is touched.
-        optimizer.step()
-        sparse.write_back()
-        n = int(targets.shape[0])
-        total_loss += float(loss.detach()) * n
-        examples += n
+    # Full gradients are dropped as soon as their kept entries are gathered.
+    with sparse.gradient_hooks():
+        for _ in range(steps):
+            inputs, targets = move_batch(next(stream), device, non_blocking=True)
+            # 1. forward and backward as usual: gradients land on the parameters.
+            ctx = (
+                torch.autocast("cuda", dtype=torch.bfloat16)
+                if use_amp
+                else contextlib.nullcontext()
+            )
+            with ctx:
+                loss = loss_fn(forward_logits(model, inputs), targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is not finite ({loss.item()})")
+            sparse.zero_grad()
+            loss.backward()
+            # 2. keep only the masked entries' gradients, in the optimiser's leaves.
+            sparse.collect_grads()
+            # The proximal term's gradient, added directly rather than through the
+            # loss, so it costs no graph and never reaches a frozen entry. A tensor
+            # without a gradient this step (unused by the forward) is skipped by
+            # the optimiser, and so is its proximal term.
+            if proximal_mu > 0:
+                for t, anchor in zip(trainable, anchors, strict=True):
+                    if t.grad is not None:
+                        t.grad.add_(t.detach() - anchor, alpha=proximal_mu)
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+            # 3. step the k values and write them back; nothing else is touched.
+            optimizer.step()
+            sparse.write_back()
+            n = int(targets.shape[0])
+            total_loss += float(loss.detach()) * n
+            examples += n
     sparse.zero_grad()
     return TrainStats(steps=steps, examples=examples, mean_loss=total_loss / max(1, examples))
 

@@ -160,3 +160,45 @@ def test_bad_optimizer_config() -> None:
         OptimizerConfig(lr=-1)
     with pytest.raises(ValueError, match="nesterov needs"):
         OptimizerConfig(name="adamw", nesterov=True)
+
+
+def test_gradient_hooks_give_the_same_gradients_and_drop_full_ones_during_backward() -> None:
+    """Kept entries gathered during backward equal those gathered after it, bit for bit."""
+    torch.manual_seed(0)
+    model = tiny_bert(num_labels=2)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    mask = build_mask(model, MaskSpec(method="random", density=0.05, seed=1))
+    inputs, _ = bert_batches(8, 4, 2)[0]
+
+    after = SparseParameters(model, mask)
+    after.zero_grad()
+    model(**inputs).logits.pow(2).sum().backward()
+    after.collect_grads()
+    expected = [None if t.grad is None else t.grad.clone() for t in after.trainable()]
+    assert all(p.grad is None for p, _, _ in after.partial.values())
+
+    hooked = SparseParameters(model, mask)
+    full_grads_alive: list[int] = []
+
+    def count(_: torch.Tensor) -> None:  # runs as each gradient lands: how many full ones remain
+        full_grads_alive.append(sum(p.grad is not None for p, _, _ in hooked.partial.values()))
+
+    counters = [p.register_post_accumulate_grad_hook(count) for p, _, _ in hooked.partial.values()]
+    with hooked.gradient_hooks():
+        hooked.zero_grad()
+        model(**inputs).logits.pow(2).sum().backward()
+        hooked.collect_grads()  # nothing left to move
+    for h in counters:
+        h.remove()
+    got = [None if t.grad is None else t.grad for t in hooked.trainable()]
+    assert len(got) == len(expected) and len(hooked.partial) > 10
+    for g, e in zip(got, expected, strict=True):
+        assert (g is None) == (e is None) and (g is None or torch.equal(g, e))
+    # Without the hooks every partial parameter's full gradient would be alive
+    # at the end of backward; with them at most the one being gathered is.
+    assert max(full_grads_alive) <= 1
+    # Outside the context, no hook is left on the model.
+    model(**inputs).logits.sum().backward()
+    assert sum(p.grad is not None for p, _, _ in hooked.partial.values()) == len(hooked.partial)
