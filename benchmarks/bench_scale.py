@@ -8,6 +8,10 @@ in a fresh process, and prints one JSON line per count:
   ServerApp and Flower's simulation engine (``VmHWM``);
 - ``client_peak_mib``: the largest peak resident memory of a Ray worker that
   ran ClientApps (``VmHWM`` of each, read while the run goes on);
+  ``client_private_peak_mib``: the largest memory private to one such worker
+  seen while polling (USS: resident pages no other process shares, so not
+  the shared libraries' code); ``client_torchvision``: whether any of them
+  had loaded torchvision;
 - ``round_s``: wall time per round (rounds 2 on: round 1 also builds the mask);
 - ``outside_share``: the share of a round's wall time outside local training
   and evaluation: 1 - (the clients' reported training time / the actors that
@@ -59,6 +63,8 @@ class ClientMemory:
     def __init__(self, every: float = 0.5) -> None:
         self.every = every
         self.peaks: dict[int, int] = {}
+        self.private: dict[int, int] = {}
+        self.torchvision = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -84,6 +90,13 @@ class ClientMemory:
                 continue
             if ACTOR_TITLE in title:
                 self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), _hwm_bytes(proc))
+                try:
+                    uss = int(proc.memory_full_info().uss)
+                    maps = {m.path for m in proc.memory_maps(grouped=True)}
+                except psutil.Error:
+                    continue
+                self.private[proc.pid] = max(self.private.get(proc.pid, 0), uss)
+                self.torchvision |= any("torchvision" in path for path in maps)
 
     @property
     def peak(self) -> int:
@@ -115,6 +128,8 @@ def run_measured(config: Any, run_dir: Path) -> dict[str, Any]:
     return {
         "driver_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "client_peak_mib": round(memory.peak / 2**20),
+        "client_private_peak_mib": round(max(memory.private.values(), default=0) / 2**20),
+        "client_torchvision": memory.torchvision,
         "actors": len(memory.peaks),
         "wall_s": round(time.monotonic() - started, 1),
     }

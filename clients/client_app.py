@@ -113,7 +113,7 @@ def train(msg: Message, context: Context) -> Message:
     # A resumed run starts with fresh node state: the disk copy carries it over.
     # In a simulation the disk copy is the only one (the driver holds every
     # node's context.state, which must stay small).
-    in_context = config.persist_optimizer and not small_node_state()
+    in_context = config.persist_optimizer and not small_node_state(config)
     if (
         config.persist_optimizer
         and not (in_context and load_optimizer(context.state, optimizer, version))
@@ -157,7 +157,9 @@ def train(msg: Message, context: Context) -> Message:
         reply = hostile.reply(
             reply,
             codec,
-            lambda honest: NodeRound.of(honest, synced.values, synced.base, mask, round_seed, pid),
+            lambda honest: NodeRound.of(
+                honest, synced.values, synced.base_at_mask, round_seed, pid
+            ),
         )
         examples = hostile.claimed_examples(examples)
     arrays = {key: Array(value) for key, value in reply.items()}

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +42,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import Tensor, nn
 
 from fish_fl import protocol as P
+from fish_fl.checkpoint import state_fingerprint
 from fish_fl.config import RunConfig
 from fish_fl.federation.sync import NodeState, resolve
 from fish_fl.fileio import read_safetensors, save_safetensors_atomic
 from fish_fl.masks import Mask
-from fish_fl.memory import limit_heap_growth
+from fish_fl.memory import keep_torchvision_out, limit_heap_growth
 from fish_fl.methods import SparseMethod, method_class, method_for
 from fish_fl.models import resolve_device
 from fish_fl.protocol import NodeError
-from fish_fl.task import TaskData, build_task_model, load_task_data
+from fish_fl.task import TaskData, build_task_model, is_vision, load_task_data
 
 __all__ = ["BaseStore", "MaskStore", "Runtime", "SyncedModel", "runtime", "small_node_state"]
 
@@ -127,11 +129,16 @@ class _Store:
 
 
 class BaseStore(_Store):
-    """Base models (flat float32 vectors) by fingerprint: two in memory, four on disk."""
+    """Base models (flat float32 vectors) by fingerprint: four on disk, none kept in memory.
+
+    The base a node trains on lives in the process's model itself (see
+    :class:`Runtime`); a flat copy is read from disk only when the base
+    changes (a mask refresh, a dense warm-up's end) or a node needs another.
+    """
 
     kind, key = "bases", "base"
 
-    def __init__(self, keep: int = 2, keep_on_disk: int = 4) -> None:
+    def __init__(self, keep: int = 0, keep_on_disk: int = 4) -> None:
         super().__init__(keep, keep_on_disk)
 
     def _check(self, path: Path, tensor: Tensor | None) -> Tensor:
@@ -174,15 +181,29 @@ class MaskStore(_Store):
         self._store(fingerprint, tensor)
 
 
-def small_node_state() -> bool:
-    """Whether nodes keep their mask and optimiser state out of ``context.state``.
+def in_ray_actor() -> bool:
+    """Whether this process is a Ray actor (a simulation's node process, serving one run)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    try:
+        return ray.get_runtime_context().get_actor_id() is not None
+    except Exception:  # noqa: BLE001 -- no actor context: not an actor
+        return False
 
-    True in a simulation, where the driver holds every node's context: there
-    a node keeps only fingerprints and versions (bytes, not megabytes), so the
-    driver's memory does not grow with the nodes sampled. A real node keeps
-    its own context, and keeps the mask and optimiser state in it.
+
+def small_node_state(config: RunConfig) -> bool:
+    """Whether a node keeps its mask and optimiser state out of ``context.state``.
+
+    True in a simulation on a local Ray, where the driver holds every node's
+    context: there a node keeps only fingerprints and versions (bytes, not
+    megabytes), so the driver's memory does not grow with the nodes sampled,
+    and every client process shares the machine's disk, where the rest is.
+    On a Ray cluster (``ray-address``), where a node's client may run on
+    another machine each round, and on a real node, which keeps only its own
+    context, the mask and optimiser state stay in ``context.state``.
     """
-    return os.environ.get("FISH_FL_SIMULATION") == "1"
+    return os.environ.get("FISH_FL_SIMULATION") == "1" and not config.ray_address
 
 
 @dataclass
@@ -195,7 +216,7 @@ class SyncedModel:
     mask: Mask | None
     values: Tensor
     device: torch.device
-    base: Tensor  # the flat base the model was built from (shared with the base store)
+    base_at_mask: Tensor  # the base's values at the mask's entries (mask order)
 
 
 def _node_state(state: RecordDict, masks: MaskStore) -> NodeState:
@@ -222,7 +243,9 @@ def _node_state(state: RecordDict, masks: MaskStore) -> NodeState:
     )
 
 
-def _store_node_state(state: RecordDict, node: NodeState, old: NodeState, masks: MaskStore) -> None:
+def _store_node_state(
+    state: RecordDict, node: NodeState, old: NodeState, masks: MaskStore, *, small: bool
+) -> None:
     info: dict[str, Any] = {}
     for key, value in (
         (P.CFG_RUN_CONFIG, node.run_config),
@@ -237,12 +260,31 @@ def _store_node_state(state: RecordDict, node: NodeState, old: NodeState, masks:
     if node.mask_bytes is not None and node.mask_bytes != old.mask_bytes:
         assert node.mask_fingerprint is not None
         masks.put(node.mask_fingerprint, node.mask_bytes)
-        if small_node_state():
+        if small:
             if NODE_MASK in state.array_records:
                 del state[NODE_MASK]
         else:
             data = np.frombuffer(node.mask_bytes, dtype=np.uint8).copy()
             state[NODE_MASK] = ArrayRecord({P.MASK: Array(data)})
+
+
+@dataclass
+class _Held:
+    """What the process's model holds: a base, by fingerprint, except at one mask's entries.
+
+    ``saved`` holds the base's values at ``mask``'s entries, read just before
+    a node's values were written there; writing them back restores the base
+    in O(k), with no flat copy of the model kept.
+    """
+
+    fingerprint: str
+    mask: Mask | None = None
+    saved: Tensor | None = None
+
+
+def _model_fingerprint(model: nn.Module) -> str:
+    """The fingerprint :func:`~fish_fl.federation.sync.flat_fingerprint` gives the model's flat vector."""
+    return state_fingerprint({n: p.detach().float() for n, p in model.named_parameters()})
 
 
 class Runtime:
@@ -255,8 +297,10 @@ class Runtime:
         self.bases = BaseStore()
         self.masks = MaskStore()
         self.device: torch.device | None = None
-        # The key of the model while it still holds the weights it was built with.
-        self.pristine: str | None = None
+        # What the model holds (None: unknown, a full base must be loaded), and
+        # the fingerprint of the weights it was built with (the version-0 base).
+        self.held: _Held | None = None
+        self.built: str | None = None
         limit_heap_growth()
 
     # -- configuration -----------------------------------------------------
@@ -279,20 +323,52 @@ class Runtime:
         if key not in self.models:
             if self.device is None:
                 self.device = resolve_device(config.device)
+            if not is_vision(config) and in_ray_actor():
+                keep_torchvision_out()  # an actor serves one run: it never needs it
             self.models.clear()
-            self.models[key] = build_task_model(config).to(self.device)
-            self.pristine = key
+            self.held = None
+            model = build_task_model(config).to(self.device)
+            self.models[key] = model
+            self.built = _model_fingerprint(model)
+            self.held = _Held(self.built)
         return self.models[key]
 
-    def initial_base(self, config: RunConfig) -> Tensor:
-        """The version-0 base: read off the process's model while it is as built, else rebuilt.
+    def restore(self, model: nn.Module) -> None:
+        """Write back the held base's values where a node's values were written (O(k))."""
+        held = self.held
+        if held is None or held.mask is None:
+            return
+        assert held.saved is not None
+        held.mask.scatter(model, held.saved)
+        held.mask = held.saved = None
+        if os.environ.get("FISH_FL_CHECK_RESTORE") == "1":  # the test suite checks every restore
+            got = _model_fingerprint(model)
+            if got != held.fingerprint:
+                self.held = None
+                raise AssertionError(
+                    f"restored model has fingerprint {got}, not the held base's {held.fingerprint}: "
+                    "something wrote outside the node's mask"
+                )
 
-        Building a second model for it would hold two copies at once.
+    def held_flat(self, model: nn.Module) -> Tensor:
+        """The held base as a flat vector (a copy, made only when the base changes)."""
+        self.restore(model)
+        return P.flat_parameters(model)
+
+    def initial_base(self, config: RunConfig) -> Tensor:
+        """The version-0 base: read off the process's model while it holds it, else rebuilt.
+
+        Either way it is cached on disk, for the next node that needs it.
         """
         key = config.shape_key("model", extra=method_class(config.mask_method).model_keys)
-        if self.pristine == key and key in self.models:
-            return P.flat_parameters(self.models[key])
-        return P.flat_parameters(build_task_model(config))
+        model = self.models.get(key)
+        if model is not None and self.held is not None and self.held.fingerprint == self.built:
+            flat = self.held_flat(model)
+        else:
+            flat = P.flat_parameters(build_task_model(config))
+        if self.built is not None and model is not None:
+            self.bases.put(self.built, flat)
+        return flat
 
     def task_data(self, config: RunConfig) -> TaskData:
         key = config.shape_key("data")
@@ -316,6 +392,7 @@ class Runtime:
         model = self.model(config)
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
 
+        held = None if self.held is None else (self.held.fingerprint, lambda: self.held_flat(model))
         node, base, mask = resolve(
             cfg,
             arrays,
@@ -324,20 +401,36 @@ class Runtime:
             shapes,
             lambda: self.initial_base(config),
             with_mask=with_mask,
+            held=held,
         )
-        _store_node_state(state, node, old, self.masks)
-        self.pristine = None
-        P.load_flat_parameters(model, base)
-        method = method_for(config)
-        values = torch.zeros(0)
-        if mask is not None:
-            values = torch.from_numpy(arrays[P.VALUES].astype(np.float32, copy=True))
-            values = method.node_values(model, mask, values, cfg, arrays)
-            mask.scatter(model, values)
+        _store_node_state(state, node, old, self.masks, small=small_node_state(config))
+        # The model becomes the node's base: restored where the last node's
+        # values were written, or loaded whole when the base is another.
+        try:
+            if base is None:
+                self.restore(model)
+            else:
+                self.held = None
+                P.load_flat_parameters(model, base)
+                del base
+                self.held = _Held(str(node.base_fingerprint))
+            method = method_for(config)
+            values = torch.zeros(0)
+            at_mask = torch.zeros(0)
+            if mask is not None:
+                values = torch.from_numpy(arrays[P.VALUES].astype(np.float32, copy=True))
+                values = method.node_values(model, mask, values, cfg, arrays)
+                at_mask = mask.gather(model)
+                assert self.held is not None
+                self.held.mask, self.held.saved = mask, at_mask
+                mask.scatter(model, values)
+        except BaseException:
+            self.held = None  # what the model holds is not known: load whole next time
+            raise
         if P.BUFFERS in arrays:
             P.load_flat_buffers(model, torch.from_numpy(arrays[P.BUFFERS].copy()))
         assert self.device is not None
-        return SyncedModel(config, method, model, mask, values, self.device, base)
+        return SyncedModel(config, method, model, mask, values, self.device, at_mask)
 
 
 def save_optimizer(state: RecordDict, optimizer: torch.optim.Optimizer, mask_version: int) -> None:

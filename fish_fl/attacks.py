@@ -63,7 +63,6 @@ from .codec import UpdateCodec
 
 if TYPE_CHECKING:
     from .data.batch import Batch
-    from .masks import Mask
     from .tasks.base import LabelSpace
 
 __all__ = [
@@ -239,13 +238,11 @@ class NodeRound:
         cls,
         honest: Tensor,
         received: Tensor,
-        base: Tensor,
-        mask: Mask,
+        at_mask: Tensor,
         round_seed: int,
         partition: int,
     ) -> NodeRound:
-        """The view of the node of ``partition`` whose flat ``base`` and ``mask`` gave ``received``."""
-        at_mask = base[mask.flat_positions()]
+        """The view of the node of ``partition`` that ``received`` values where its base held ``at_mask``."""
         if at_mask.shape != received.shape:
             raise ValueError(
                 f"the mask picks {at_mask.numel()} base values, the node received {received.numel()}"

@@ -10,6 +10,10 @@ steps and never gave it back. A fixed threshold turns the dynamic adjustment
 off, so those blocks go back to the system when freed; with it the same
 steps leave the resident set where the first step put it. Allocation is the
 only thing this changes, never a value.
+
+:func:`keep_torchvision_out` saves a text run's node process the 160 MiB
+that importing torchvision costs: transformers imports it whenever it is
+installed, for image utilities a text model never uses.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import ctypes.util
 import logging
 import sys
 
-__all__ = ["MMAP_THRESHOLD", "limit_heap_growth"]
+__all__ = ["MMAP_THRESHOLD", "keep_torchvision_out", "limit_heap_growth"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,4 +53,22 @@ def limit_heap_growth() -> bool:
         logger.debug("mallopt(M_MMAP_THRESHOLD) refused")
         return False
     _done = True
+    return True
+
+
+def keep_torchvision_out() -> bool:
+    """Make torchvision unimportable in this process; False where it is too late.
+
+    For a process that will only ever build and train a text model (a
+    simulated node's process, which serves one run): transformers then finds
+    no torchvision and skips its image utilities. Too late once torchvision
+    or transformers' model code has been imported. A later ``import
+    torchvision`` in this process raises ``ModuleNotFoundError``.
+    """
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"] is None
+    if "transformers.modeling_utils" in sys.modules:
+        return False
+    sys.modules["torchvision"] = None  # type: ignore[assignment]
+    logger.debug("torchvision kept out of this text-only process")
     return True

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from fish_fl.data.hub import hub_offline
 from fish_fl.device import resolve_device
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from fish_fl.config import RunConfig
+    from fish_fl.resnet_cifar import CifarResNet
 
 logger = logging.getLogger(__name__)
 
@@ -144,50 +144,6 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # --------------------------------------------------------------------------- vision
 
 
-class CifarResNet(ResNet):
-    """A torchvision :class:`~torchvision.models.ResNet` for 32x32 images.
-
-    The ImageNet stem (7x7 stride-2 convolution and 3x3 max-pool) is replaced
-    by a 3x3 stride-1 convolution and no pooling, so the four stages see 32,
-    16, 8 and 4 pixels. ``width`` scales every stage: the stages have
-    ``width``, ``2 * width``, ``4 * width`` and ``8 * width`` channels
-    (torchvision's ResNets use ``width=64``).
-
-    Parameters
-    ----------
-    layers : sequence of int
-        Basic blocks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-34.
-    num_classes : int, default 10
-        Size of the ``fc`` head.
-    width : int, default 64
-        Channels of the first stage.
-    """
-
-    def __init__(self, layers: Sequence[int], num_classes: int = 10, width: int = 64) -> None:
-        self._width = width
-        super().__init__(BasicBlock, list(layers), num_classes=num_classes)
-        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.maxpool = nn.Identity()  # type: ignore[assignment]
-        self.fc = nn.Linear(8 * width * BasicBlock.expansion, num_classes)
-        # The same initialisation torchvision gives its own stem.
-        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-
-    def _make_layer(
-        self,
-        block: type[BasicBlock | Bottleneck],
-        planes: int,
-        blocks: int,
-        stride: int = 1,
-        dilate: bool = False,
-    ) -> nn.Sequential:
-        # torchvision calls this with planes = 64, 128, 256, 512 in order and
-        # starts from 64 input channels; scale both to the requested width.
-        if planes == 64:
-            self.inplanes = self._width
-        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
-
-
 def build_resnet_cifar(
     arch: str = "resnet34",
     num_classes: int = 10,
@@ -227,6 +183,8 @@ def build_resnet_cifar(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
+    from fish_fl.resnet_cifar import CifarResNet  # torchvision only where a ResNet is built
+
     with _seeded(seed):
         model = CifarResNet(RESNET_LAYERS[key], num_classes=num_classes, width=width)
     logger.debug("built %s (width %d): %d parameters", key, width, count_parameters(model))
@@ -755,3 +713,13 @@ def build_model(
     if image:
         return load_image_classifier(name, num_labels, seed=seed, cache_dir=cache_dir)
     return load_sequence_classifier(name, num_labels, seed=seed, cache_dir=cache_dir)
+
+
+def __getattr__(name: str) -> Any:
+    # torchvision (160 MiB resident) is imported only by what needs it, so a
+    # text run's client process never loads it.
+    if name == "CifarResNet":
+        from fish_fl.resnet_cifar import CifarResNet
+
+        return CifarResNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

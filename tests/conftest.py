@@ -10,6 +10,9 @@ import pytest
 
 # Nodes cache bases and optimiser states on disk; keep the tests' apart.
 os.environ.setdefault("FISH_FL_CACHE", tempfile.mkdtemp(prefix="fish-fl-test-cache-"))
+# A node restores its base by writing back only the entries its last mask
+# touched; in the tests every restore is checked against the base's fingerprint.
+os.environ.setdefault("FISH_FL_CHECK_RESTORE", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -203,11 +203,15 @@ def resolve(
     initial_base: Callable[[], Tensor],
     *,
     with_mask: bool = True,
-) -> tuple[NodeState, Tensor, Mask | None]:
+    held: tuple[str, Callable[[], Tensor]] | None = None,
+) -> tuple[NodeState, Tensor | None, Mask | None]:
     """Apply a message's sync part: the node's new state, its base and its mask.
 
     ``initial_base`` builds the version-0 base (the model every node builds
-    itself). Raises :class:`~fish_fl.protocol.NodeError` when the node lacks
+    itself). ``held`` is the fingerprint of a base the node's model already
+    holds and a way to read it off as a flat vector: when the message refers
+    to that base, the base returned is None (nothing to load) and no copy of
+    it is made. Raises :class:`~fish_fl.protocol.NodeError` when the node lacks
     what the message refers to (``MISSING_BASE``, ``MISSING_MASK``,
     ``NO_RUN_CONFIG``) or what it received does not match its fingerprint.
     """
@@ -221,12 +225,21 @@ def resolve(
     # 2. The base, by fingerprint: received whole, patched, built, or kept.
     version = int(cfg[P.CFG_BASE_VERSION])
     fingerprint = str(cfg[P.CFG_BASE_FINGERPRINT])
+    flat: Tensor | None
     if P.BASE in arrays:
         flat = _array(arrays, P.BASE)
         _check(flat, fingerprint, shapes, "received base")
         bases.put(fingerprint, flat)
     elif P.BASE_PATCH in arrays:
-        old = bases.get(state.base_fingerprint) if state.base_fingerprint else None
+        old = None
+        if state.base_fingerprint:
+            if held is not None and held[0] == state.base_fingerprint:
+                old = held[1]()
+            else:
+                old = bases.get(state.base_fingerprint)
+            if old is None and state.base_version == 0:
+                old = initial_base()
+                _check(old, state.base_fingerprint, shapes, "the base model this node builds")
         old_mask = state.mask
         if old is None or old_mask is None:
             raise P.NodeError(
@@ -243,6 +256,8 @@ def resolve(
         flat[positions] = patch
         _check(flat, fingerprint, shapes, "patched base")
         bases.put(fingerprint, flat)
+    elif held is not None and held[0] == fingerprint:
+        flat = None  # the model holds it
     elif version == 0:
         own = bases.get(fingerprint)
         if own is None:

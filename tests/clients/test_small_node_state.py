@@ -27,8 +27,8 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _simulated(monkeypatch: pytest.MonkeyPatch, on: bool) -> None:
-    monkeypatch.setattr(node_runtime, "small_node_state", lambda: on)
-    monkeypatch.setattr(client_app, "small_node_state", lambda: on)
+    monkeypatch.setattr(node_runtime, "small_node_state", lambda config: on)
+    monkeypatch.setattr(client_app, "small_node_state", lambda config: on)
     node_runtime.runtime.masks.memory.clear()
 
 
@@ -67,6 +67,19 @@ def test_simulated_nodes_keep_only_fingerprints_and_the_run_is_unchanged(
     # state of the tiny model are several times that.
     assert max(_state_bytes(small_grid)) < 8_000
     assert min(_state_bytes(kept_grid)) > 3 * max(_state_bytes(small_grid))
+
+
+def test_only_a_simulation_on_a_local_ray_keeps_node_state_small(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fish_fl.config import RunConfig
+
+    local, cluster = RunConfig(), RunConfig.from_mapping({"ray-address": "auto"})
+    monkeypatch.delenv("FISH_FL_SIMULATION", raising=False)
+    assert not node_runtime.small_node_state(local)  # a real node keeps its own context
+    monkeypatch.setenv("FISH_FL_SIMULATION", "1")
+    assert node_runtime.small_node_state(local)
+    assert not node_runtime.small_node_state(cluster)  # the state follows the node
 
 
 def test_a_simulated_node_that_lost_its_mask_is_sent_it_again(

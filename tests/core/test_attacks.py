@@ -219,12 +219,12 @@ def test_node_round_drift_is_received_minus_the_base_at_the_mask() -> None:
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     keep = {n: torch.rand(s) < 0.4 for n, s in shapes.items()}
     mask = Mask.from_bool(keep)
-    base = P.flat_parameters(model)
+    at_mask = P.flat_parameters(model)[mask.flat_positions()]
     received = mask.gather(model) + 0.25
-    node = NodeRound.of(torch.zeros(mask.k), received, base, mask, round_seed=3, partition=1)
+    node = NodeRound.of(torch.zeros(mask.k), received, at_mask, round_seed=3, partition=1)
     torch.testing.assert_close(node.drift, torch.full((mask.k,), 0.25), rtol=0, atol=1e-6)
     # The shared generator depends on the round only; the own one on the partition too.
-    other = NodeRound.of(torch.zeros(mask.k), received, base, mask, round_seed=3, partition=2)
+    other = NodeRound.of(torch.zeros(mask.k), received, at_mask, round_seed=3, partition=2)
     assert torch.equal(
         torch.randn(5, generator=node.shared), torch.randn(5, generator=other.shared)
     )

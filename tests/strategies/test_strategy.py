@@ -222,10 +222,11 @@ def test_lost_base_is_sent_again(shared_data: Path, tmp_path: Path) -> None:
     grid = InProcessGrid(2)
     original = grid.send_and_receive
 
-    def forgetful(messages, *, timeout=None):  # the node's device lost its base after round 2
+    def forgetful(messages, *, timeout=None):  # the node's device restarted after round 2
         messages = list(messages)
         if messages and int(messages[0].content.config_records["config"]["server-round"]) == 3:
-            runtime.bases.memory.clear()
+            runtime.models.clear()  # its model (which held the base) is gone ...
+            runtime.bases.memory.clear()  # ... and so are the cached bases
             for f in (tmp_path / "cache" / "bases").iterdir():
                 f.unlink()
         return original(messages, timeout=timeout)
